@@ -1,0 +1,228 @@
+"""EfficientAD as an anomalib model: training, map normalisation and export wiring (paper Algorithm 1)."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from anomalib import LearningType
+from anomalib.data import Batch
+from anomalib.models.components import AnomalibModule
+from anomalib.pre_processing import PreProcessor
+from lightning.pytorch.utilities.types import STEP_OUTPUT
+from torchvision.transforms.v2 import Compose, Resize
+
+from .augmentation import random_color_adjustment
+from .autoencoder import check_image_size
+from .loss import EfficientAdLoss
+from .pdn import check_model_size, load_pdn_state_dict
+from .penalty import PenaltyImages
+from .teacher_weights import UNTRAINED, load_teacher_state_dict
+from .torch_model import EfficientAdPluginModel
+
+logger = logging.getLogger(__name__)
+
+LR_DECAY_AT = 0.95  # the learning rate drops x0.1 after 95 % of the steps (66,500 of 70,000 in the paper)
+
+
+class EfficientAdPlugin(AnomalibModule):
+    """EfficientAD (Batzner et al., WACV 2024), trained and normalised as in the paper.
+
+    Args:
+        model_size: ``"small"`` (EfficientAD-S) or ``"medium"`` (EfficientAD-M).
+        teacher_weights: a known entry (``"DEFAULT"``: anomalib's release of the paper's teacher), a path to a
+            teacher ``.pth``, or ``"untrained"`` for tests and speed benchmarks only.
+        penalty_dir: folder of natural images for the pretraining penalty (ImageNet in the paper);
+            ``None`` trains without it, which costs accuracy on logical anomalies.
+        image_size: ``(height, width)`` the images are resized to; at least 256 per side.
+        max_steps: training steps (batch 1), 70,000 in the paper; passed to the trainer.
+        lr: Adam learning rate.
+        weight_decay: Adam weight decay.
+        pre_processor, post_processor, evaluator, visualizer: anomalib components, or ``True`` for the defaults.
+    """
+
+    def __init__(
+        self,
+        model_size: str = "small",
+        teacher_weights: str | Path = "DEFAULT",
+        penalty_dir: str | Path | None = None,
+        image_size: tuple[int, int] | int = (256, 256),
+        max_steps: int = 70_000,
+        lr: float = 1e-4,
+        weight_decay: float = 1e-5,
+        pre_processor: PreProcessor | bool = True,
+        post_processor: torch.nn.Module | bool = True,
+        evaluator: Any = True,  # noqa: ANN401 (anomalib's Evaluator | bool)
+        visualizer: Any = True,  # noqa: ANN401 (anomalib's Visualizer | bool)
+    ) -> None:
+        image_size = check_image_size(image_size)
+        check_model_size(model_size)
+        if max_steps < 1:
+            msg = f"max_steps must be a positive number of training steps, got {max_steps}."
+            raise ValueError(msg)
+        if pre_processor is True:
+            pre_processor = self.configure_pre_processor(image_size)
+        super().__init__(
+            pre_processor=pre_processor,
+            post_processor=post_processor,
+            evaluator=evaluator,
+            visualizer=visualizer,
+        )
+        self.model_size = model_size
+        self.teacher_weights = str(teacher_weights)
+        self.penalty_dir = penalty_dir
+        self.image_size = image_size
+        self.max_steps = max_steps
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.model = EfficientAdPluginModel(model_size, image_size)
+        self.loss = EfficientAdLoss()
+        self.penalty_images: PenaltyImages | None = None
+
+    @classmethod
+    def configure_pre_processor(cls, image_size: tuple[int, int] | None = None) -> PreProcessor:
+        """Resize only: the ImageNet normalisation is part of the model."""
+        return PreProcessor(transform=Compose([Resize(image_size or (256, 256), antialias=True)]))
+
+    @property
+    def learning_type(self) -> LearningType:
+        """One-class: trained on normal images only."""
+        return LearningType.ONE_CLASS
+
+    @property
+    def trainer_arguments(self) -> dict[str, Any]:
+        """The paper's step budget, with one validation at its end (where the map quantiles are fitted)."""
+        return {
+            "max_steps": self.max_steps,
+            "max_epochs": -1,
+            "val_check_interval": self.max_steps,
+            "check_val_every_n_epoch": None,
+            "num_sanity_val_steps": 0,
+        }
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        """Adam on student and autoencoder; the learning rate drops x0.1 at 95 % of ``max_steps``, per step."""
+        parameters = [*self.model.student.parameters(), *self.model.autoencoder.parameters()]
+        optimizer = torch.optim.Adam(parameters, lr=self.lr, weight_decay=self.weight_decay)
+        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=max(1, int(LR_DECAY_AT * self.max_steps)), gamma=0.1)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def _images(self, batch: Batch) -> torch.Tensor:
+        """Batch images at the model's size, checked, on the model's device."""
+        transform = getattr(self.pre_processor, "transform", None)
+        images = transform(batch.image) if transform is not None else batch.image
+        if tuple(images.shape[-2:]) != self.image_size:
+            msg = (
+                f"Images reach the model at {tuple(images.shape[-2:])} but image_size is {self.image_size}: "
+                f"the pre_processor must resize to image_size."
+            )
+            raise ValueError(msg)
+        return images.to(self.device)
+
+    def _check_datamodule(self) -> None:
+        batch_size = getattr(self.trainer.train_dataloader, "batch_size", 1)
+        if batch_size != 1:
+            msg = (
+                f"EfficientAdPlugin trains with batch size 1 as in the paper (the hard-feature loss and the step "
+                f"budget assume it), got train_batch_size={batch_size}. Set --data.train_batch_size 1."
+            )
+            raise ValueError(msg)
+        if sum(self.trainer.num_val_batches) == 0:
+            msg = (
+                "EfficientAdPlugin needs validation images of normal parts to fit its map normalisation after "
+                "training. Set --data.val_split_mode from_train (the paper holds out 10 % of the training images)."
+            )
+            raise ValueError(msg)
+        if str(getattr(self.trainer.datamodule, "val_split_mode", "")) in {"same_as_test", "ValSplitMode.SAME_AS_TEST"}:
+            warnings.warn(
+                "val_split_mode is same_as_test: the map-normalisation quantiles and thresholds will be fitted on the "
+                "test images, which leaks test data into the model. Use --data.val_split_mode from_train.",
+                stacklevel=1,
+            )
+
+    def _prepare_teacher(self) -> None:
+        state_dict, description = load_teacher_state_dict(self.teacher_weights, self.model_size)
+        if state_dict is None:
+            warnings.warn(
+                "teacher_weights='untrained': the teacher is random. Use this for tests and speed benchmarks only.",
+                stacklevel=1,
+            )
+        else:
+            load_pdn_state_dict(self.model.teacher, state_dict, description)
+            logger.info("Teacher: %s", description)
+
+    def on_train_start(self) -> None:
+        """Check the data, then load the teacher, list the penalty images and compute the teacher statistics."""
+        self._check_datamodule()
+        if self.penalty_dir is None:
+            warnings.warn(
+                "penalty_dir is None: training without the pretraining penalty (paper §3.2), which the paper finds "
+                "costs accuracy, most of all on logical anomalies. Pass a folder of natural images as penalty_dir.",
+                stacklevel=1,
+            )
+        else:
+            self.penalty_images = PenaltyImages(self.penalty_dir, self.image_size)
+        if not self.model.has_teacher_statistics:  # a fresh run; a resumed one has both in its checkpoint
+            self._prepare_teacher()
+            self.model.fit_teacher_statistics(self._images(batch) for batch in self.trainer.train_dataloader)
+
+    def training_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
+        """One step of Algorithm 1: hard loss, penalty, autoencoder and student-autoencoder losses."""
+        del args, kwargs
+        penalty = None
+        if self.penalty_images is not None:
+            penalty = self.penalty_images.sample(self.global_step, torch.initial_seed()).to(batch.image)
+        features = self.model.training_features(batch.image, random_color_adjustment(batch.image), penalty)
+        losses = self.loss(features)
+        self.log_dict({f"train_{name}": value for name, value in losses.items()}, on_step=True, prog_bar=True)
+        return losses["loss"]
+
+    @torch.no_grad()
+    def _fit_map_quantiles(self) -> None:
+        loaders = self.trainer.val_dataloaders
+        st_maps, ae_maps = [], []
+        self.model.eval()
+        for loader in loaders if isinstance(loaders, list | tuple) else [loaders]:
+            for batch in loader:
+                images = self._images(batch)
+                if batch.gt_label is not None:
+                    images = images[batch.gt_label.to(images.device) == 0]
+                if len(images):
+                    st_map, ae_map = self.model.raw_maps(images)
+                    st_maps.append(st_map)
+                    ae_maps.append(ae_map)
+        if not st_maps:
+            msg = "The validation set holds no normal images to fit the map normalisation on; use val_split_mode from_train."
+            raise ValueError(msg)
+        self.model.anomaly_map_generator.fit(torch.cat(st_maps), torch.cat(ae_maps))
+
+    def on_validation_start(self) -> None:
+        """Fit the map quantiles on the normal validation images after training (or when none are fitted yet)."""
+        if self.trainer.training or not self.model.anomaly_map_generator.is_fitted:
+            self._fit_map_quantiles()
+
+    def validation_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
+        """Predict with normalised maps; the post-processor fits thresholds and score ranges on these."""
+        del args, kwargs
+        return batch.update(**self.model(batch.image)._asdict())
+
+    def _require_fitted(self, action: str) -> None:
+        if not self.model.anomaly_map_generator.is_fitted:
+            msg = f"Cannot {action} an untrained EfficientAdPlugin: train it first or load a checkpoint (--ckpt_path)."
+            raise RuntimeError(msg)
+
+    def on_test_start(self) -> None:
+        """Refuse to test an unfitted model."""
+        self._require_fitted("test")
+
+    def on_predict_start(self) -> None:
+        """Refuse to predict with an unfitted model."""
+        self._require_fitted("predict with")
+
+    def to_onnx(self, *args, **kwargs) -> Path:
+        """Export to ONNX (OpenVINO goes through here too); the maps' quantiles must be fitted."""
+        self._require_fitted("export")
+        return super().to_onnx(*args, **kwargs)

@@ -1,0 +1,51 @@
+"""EfficientAD's training losses (paper §3.2-3.3, Algorithm 1)."""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+HARD_QUANTILE = 0.999
+
+
+class TrainingFeatures(NamedTuple):
+    """Network outputs of one training step, teacher outputs already normalised per channel."""
+
+    teacher: torch.Tensor
+    student: torch.Tensor  # the student's teacher-mimicking channels on the training image
+    student_penalty: torch.Tensor | None  # the same channels on the penalty image, ``None`` without a penalty set
+    teacher_augmented: torch.Tensor
+    autoencoder_augmented: torch.Tensor
+    student_augmented: torch.Tensor  # the student's autoencoder-mimicking channels on the augmented image
+
+
+def hard_feature_loss(teacher: torch.Tensor, student: torch.Tensor, quantile: float = HARD_QUANTILE) -> torch.Tensor:
+    """Mean of the squared differences at or above their ``quantile`` (paper Eq. 1, p_hard = 0.999).
+
+    Exact and deterministic: with the linear-interpolation quantile d_hard of n values, exactly the
+    n - ceil((n - 1) * quantile) largest values are >= d_hard, so a top-k replaces the quantile and the mask.
+    """
+    distance = (teacher - student).pow(2).flatten()
+    keep = distance.numel() - math.ceil((distance.numel() - 1) * quantile)
+    return distance.topk(max(keep, 1), sorted=False).values.mean()
+
+
+class EfficientAdLoss(nn.Module):
+    """L = L_hard + L_penalty + L_AE + L_STAE, unweighted, as in the paper."""
+
+    def __init__(self, hard_quantile: float = HARD_QUANTILE) -> None:
+        super().__init__()
+        self.hard_quantile = hard_quantile
+
+    def forward(self, features: TrainingFeatures) -> dict[str, torch.Tensor]:
+        """Return each loss term and their sum under ``"loss"``."""
+        losses = {"loss_hard": hard_feature_loss(features.teacher, features.student, self.hard_quantile)}
+        if features.student_penalty is not None:
+            losses["loss_penalty"] = features.student_penalty.pow(2).mean()
+        losses["loss_ae"] = (features.teacher_augmented - features.autoencoder_augmented).pow(2).mean()
+        losses["loss_stae"] = (features.autoencoder_augmented - features.student_augmented).pow(2).mean()
+        losses["loss"] = torch.stack(list(losses.values())).sum()
+        return losses

@@ -1,0 +1,96 @@
+"""Patch description networks (PDN), the teacher and student of EfficientAD (paper §3.1, Fig. 2)."""
+
+from __future__ import annotations
+
+import re
+from collections import OrderedDict
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+
+MODEL_SIZES = ("small", "medium")
+TEACHER_CHANNELS = 384
+
+# (out_channels, kernel, padding when padding is on), per conv; "pool" is a 2x2 average pool.
+# The last conv's width is the network's output width and it has no ReLU.
+_LAYOUTS: dict[str, tuple] = {
+    "small": ((128, 4, 3), "pool", (256, 4, 3), "pool", (256, 3, 1), (None, 4, 0)),
+    "medium": ((256, 4, 3), "pool", (512, 4, 3), "pool", (512, 1, 0), (512, 3, 1), (None, 4, 0), (None, 1, 0)),
+}
+
+
+def check_model_size(model_size: str) -> str:
+    """Return ``model_size`` if it names a PDN size, else raise a ``ValueError`` listing the sizes."""
+    if model_size not in MODEL_SIZES:
+        msg = f"model_size must be one of {MODEL_SIZES}, got {model_size!r}."
+        raise ValueError(msg)
+    return model_size
+
+
+def pdn_output_size(image_size: tuple[int, int]) -> tuple[int, int]:
+    """Spatial size of a PDN output without padding (both sizes share the 33x33 receptive field)."""
+
+    def one_side(length: int) -> int:
+        length = (length - 3) // 2  # conv 4x4, pool 2
+        length = (length - 3) // 2  # conv 4x4, pool 2
+        return length - 2 - 3  # conv 3x3, conv 4x4 (the 1x1 convs of PDN-M keep the size)
+
+    return one_side(image_size[0]), one_side(image_size[1])
+
+
+class PatchDescriptionNetwork(nn.Sequential):
+    """PDN-S or PDN-M: four (or six) convolutions, two average pools, one descriptor per 33x33 patch.
+
+    The input is an ImageNet-normalised RGB image. ``padding`` is off for anomaly detection, as in the paper,
+    and on for teacher distillation, where the output must align with the backbone's feature map.
+    Parameters are named ``conv1`` ... ``convN``, the names of anomalib's released teacher files.
+    """
+
+    def __init__(self, model_size: str = "small", out_channels: int = TEACHER_CHANNELS, padding: bool = False) -> None:
+        layout = _LAYOUTS[check_model_size(model_size)]
+        num_convs = sum(layer != "pool" for layer in layout)
+        layers: dict[str, nn.Module] = {}
+        in_channels = 3
+        for layer in layout:
+            if layer == "pool":
+                layers[f"pool{sum(name.startswith('pool') for name in layers) + 1}"] = nn.AvgPool2d(2, stride=2, padding=1 if padding else 0)
+                continue
+            width, kernel, pad = layer
+            width = width or out_channels
+            index = sum(name.startswith("conv") for name in layers) + 1
+            layers[f"conv{index}"] = nn.Conv2d(in_channels, width, kernel, padding=pad if padding else 0)
+            if index < num_convs:
+                layers[f"relu{index}"] = nn.ReLU(inplace=True)
+            in_channels = width
+        super().__init__(OrderedDict(layers))
+        self.model_size = model_size
+        self.out_channels = out_channels
+
+
+def load_pdn_state_dict(pdn: PatchDescriptionNetwork, state_dict: Mapping[str, torch.Tensor], source: str) -> None:
+    """Load PDN weights saved with anomalib's names (``conv1.weight``) or as ``nn.Sequential`` (``0.weight``).
+
+    Sequential indices are mapped to convolutions in order, so nelson1425's ``teacher_small.pth`` loads too.
+    ``source`` names the file in error messages.
+    """
+    state_dict = {key.removeprefix("module."): value for key, value in state_dict.items()}
+    if all(re.fullmatch(r"\d+\.(weight|bias)", key) for key in state_dict):
+        indices = sorted({int(key.split(".")[0]) for key in state_dict})
+        renamed = {str(index): f"conv{position}" for position, index in enumerate(indices, start=1)}
+        state_dict = {f"{renamed[key.split('.')[0]]}.{key.split('.')[1]}": value for key, value in state_dict.items()}
+    expected = pdn.state_dict()
+    problems = [key for key in expected if key not in state_dict]
+    problems += [key for key in state_dict if key not in expected]
+    problems += [
+        f"{key}: file {tuple(value.shape)} vs model {tuple(expected[key].shape)}"
+        for key, value in state_dict.items()
+        if key in expected and value.shape != expected[key].shape
+    ]
+    if problems:
+        msg = (
+            f"{source} does not hold weights of a PDN-{pdn.model_size[0].upper()} with {pdn.out_channels} output "
+            f"channels (mismatched: {', '.join(problems[:6])}). Check model_size and that the file is a teacher."
+        )
+        raise ValueError(msg)
+    pdn.load_state_dict(state_dict)

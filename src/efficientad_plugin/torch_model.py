@@ -1,0 +1,102 @@
+"""The EfficientAD networks and their state, without Lightning (paper §3, Algorithm 1)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from anomalib.data import InferenceBatch
+from torch import nn
+
+from .anomaly_map import AnomalyMapGenerator, channel_mean_squared_error
+from .autoencoder import AutoEncoder, check_image_size
+from .loss import TrainingFeatures
+from .pdn import TEACHER_CHANNELS, PatchDescriptionNetwork
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class EfficientAdPluginModel(nn.Module):
+    """Teacher, student and autoencoder, with the teacher's channel statistics and the map quantiles as buffers.
+
+    Inputs are RGB images in [0, 1] of ``image_size``; ImageNet normalisation happens here, once for all three
+    networks. In eval mode ``forward`` is a pure tensor function (exportable) returning an ``InferenceBatch``.
+    """
+
+    def __init__(self, model_size: str = "small", image_size: tuple[int, int] = (256, 256)) -> None:
+        super().__init__()
+        self.image_size = check_image_size(image_size)
+        self.teacher = PatchDescriptionNetwork(model_size, TEACHER_CHANNELS)
+        self.teacher.requires_grad_(False)
+        self.student = PatchDescriptionNetwork(model_size, 2 * TEACHER_CHANNELS)
+        self.autoencoder = AutoEncoder(self.image_size, TEACHER_CHANNELS)
+        self.anomaly_map_generator = AnomalyMapGenerator()
+        self.register_buffer("teacher_mean", torch.full((1, TEACHER_CHANNELS, 1, 1), torch.nan))
+        self.register_buffer("teacher_std", torch.full((1, TEACHER_CHANNELS, 1, 1), torch.nan))
+        self.register_buffer("imagenet_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("imagenet_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+    @property
+    def has_teacher_statistics(self) -> bool:
+        """Whether the teacher's channel mean and std have been computed."""
+        return not bool(torch.isnan(self.teacher_mean).any() or torch.isnan(self.teacher_std).any())
+
+    def _imagenet_normalise(self, images: torch.Tensor) -> torch.Tensor:
+        return (images - self.imagenet_mean) / self.imagenet_std
+
+    def _teacher_features(self, normalised_images: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return (self.teacher(normalised_images) - self.teacher_mean) / self.teacher_std
+
+    @torch.no_grad()
+    def fit_teacher_statistics(self, images: Iterable[torch.Tensor]) -> None:
+        """Per-channel mean and std of the teacher over ``images``, accumulated as running sums in float64."""
+        total = squares = None
+        count = 0
+        for batch in images:
+            features = self.teacher(self._imagenet_normalise(batch.to(self.teacher_mean.device))).double()
+            batch_sum, batch_squares = features.sum(dim=(0, 2, 3)), features.pow(2).sum(dim=(0, 2, 3))
+            total = batch_sum if total is None else total + batch_sum
+            squares = batch_squares if squares is None else squares + batch_squares
+            count += features[:, 0].numel()
+        if total is None:
+            msg = "Cannot compute the teacher's channel statistics: the training set is empty."
+            raise ValueError(msg)
+        mean = total / count
+        self.teacher_mean.copy_(mean.view_as(self.teacher_mean))
+        self.teacher_std.copy_((squares / count - mean.pow(2)).clamp_min(0).sqrt().view_as(self.teacher_std))
+
+    def training_features(
+        self,
+        images: torch.Tensor,
+        augmented_images: torch.Tensor,
+        penalty_images: torch.Tensor | None,
+    ) -> TrainingFeatures:
+        """Every network output the training losses need."""
+        images = self._imagenet_normalise(images)
+        augmented_images = self._imagenet_normalise(augmented_images)
+        student_penalty = None
+        if penalty_images is not None:
+            student_penalty = self.student(self._imagenet_normalise(penalty_images))[:, :TEACHER_CHANNELS]
+        return TrainingFeatures(
+            teacher=self._teacher_features(images),
+            student=self.student(images)[:, :TEACHER_CHANNELS],
+            student_penalty=student_penalty,
+            teacher_augmented=self._teacher_features(augmented_images),
+            autoencoder_augmented=self.autoencoder(augmented_images),
+            student_augmented=self.student(augmented_images)[:, TEACHER_CHANNELS:],
+        )
+
+    def raw_maps(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Unnormalised, unpadded student-teacher and autoencoder maps ``[B, 1, h, w]``."""
+        images = self._imagenet_normalise(images)
+        student = self.student(images)
+        st_map = channel_mean_squared_error(self._teacher_features(images), student[:, :TEACHER_CHANNELS])
+        ae_map = channel_mean_squared_error(self.autoencoder(images), student[:, TEACHER_CHANNELS:])
+        return st_map, ae_map
+
+    def forward(self, images: torch.Tensor) -> InferenceBatch:
+        """Anomaly map ``[B, 1, H, W]`` and image score ``[B, 1]`` (the map's maximum) of images ``[B, 3, H, W]``."""
+        anomaly_map = self.anomaly_map_generator(*self.raw_maps(images), images.shape[-2:])
+        return InferenceBatch(pred_score=torch.amax(anomaly_map, dim=(-2, -1)), anomaly_map=anomaly_map)
