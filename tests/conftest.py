@@ -1,0 +1,47 @@
+"""Shared fixtures: generated data, a local teacher file and a penalty folder, all offline."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from efficientad_plugin.data import generate_mvtec_dataset
+from efficientad_plugin.pdn import PatchDescriptionNetwork
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+PCB_ROOT = REPO_ROOT / "datasets" / "deeppcb_mini"
+
+
+@pytest.fixture(scope="session")
+def synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An MVTec-layout dataset ``<root>/synthetic``: 10 train, 4 good and 4 defect test images, 256x256."""
+    root = tmp_path_factory.mktemp("datasets")
+    generate_mvtec_dataset(root, num_train=10, num_test_good=4, num_test_defect=4, seed=0)
+    return root
+
+
+@pytest.fixture(scope="session")
+def teacher_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A (random) PDN-S teacher saved under anomalib's release file name and key layout."""
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("teacher") / "pretrained_teacher_small.pth"
+    torch.save(PatchDescriptionNetwork("small").state_dict(), path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def penalty_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A nested folder of a few gray and RGB images of different sizes and formats."""
+    folder = tmp_path_factory.mktemp("penalty")
+    rng = np.random.default_rng(0)
+    (folder / "nested").mkdir()
+    for index, (size, mode, suffix) in enumerate([((320, 400), "RGB", ".jpg"), ((300, 300), "L", ".png"),
+                                                  ((480, 320), "RGB", ".bmp")]):
+        shape = (*size, 3) if mode == "RGB" else size
+        image = Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), mode=mode)
+        image.save(folder / ("nested" if index else "") / f"photo{index}{suffix}")
+    return folder
