@@ -25,6 +25,10 @@ from .torch_model import EfficientAdPluginModel
 
 logger = logging.getLogger(__name__)
 
+_NO_VALIDATION_IMAGES = (
+    "EfficientAdPlugin needs validation images of normal parts to fit its map normalisation after training. "
+    "Set --data.val_split_mode from_train (the paper holds out 10 % of the training images)."
+)
 LR_DECAY_AT = 0.95  # the learning rate drops x0.1 after 95 % of the steps (66,500 of 70,000 in the paper)
 
 
@@ -122,7 +126,19 @@ class EfficientAdPlugin(AnomalibModule):
             raise ValueError(msg)
         return images.to(self.device)
 
-    def _check_datamodule(self) -> None:
+    def on_fit_start(self) -> None:
+        """Check the validation split before anything loads: it is where the map normalisation is fitted."""
+        val_split_mode = str(getattr(self.trainer.datamodule, "val_split_mode", ""))
+        if val_split_mode.endswith(("none", "NONE")):
+            raise ValueError(_NO_VALIDATION_IMAGES)
+        if val_split_mode.endswith(("same_as_test", "SAME_AS_TEST")):
+            warnings.warn(
+                "val_split_mode is same_as_test: the map-normalisation quantiles and thresholds will be fitted on the "
+                "test images, which leaks test data into the model. Use --data.val_split_mode from_train.",
+                stacklevel=1,
+            )
+
+    def _check_dataloaders(self) -> None:
         batch_size = getattr(self.trainer.train_dataloader, "batch_size", 1)
         if batch_size != 1:
             msg = (
@@ -131,17 +147,7 @@ class EfficientAdPlugin(AnomalibModule):
             )
             raise ValueError(msg)
         if sum(self.trainer.num_val_batches) == 0:
-            msg = (
-                "EfficientAdPlugin needs validation images of normal parts to fit its map normalisation after "
-                "training. Set --data.val_split_mode from_train (the paper holds out 10 % of the training images)."
-            )
-            raise ValueError(msg)
-        if str(getattr(self.trainer.datamodule, "val_split_mode", "")) in {"same_as_test", "ValSplitMode.SAME_AS_TEST"}:
-            warnings.warn(
-                "val_split_mode is same_as_test: the map-normalisation quantiles and thresholds will be fitted on the "
-                "test images, which leaks test data into the model. Use --data.val_split_mode from_train.",
-                stacklevel=1,
-            )
+            raise ValueError(_NO_VALIDATION_IMAGES)
 
     def _prepare_teacher(self) -> None:
         state_dict, description = load_teacher_state_dict(self.teacher_weights, self.model_size)
@@ -156,7 +162,7 @@ class EfficientAdPlugin(AnomalibModule):
 
     def on_train_start(self) -> None:
         """Check the data, then load the teacher, list the penalty images and compute the teacher statistics."""
-        self._check_datamodule()
+        self._check_dataloaders()
         if self.penalty_dir is None:
             warnings.warn(
                 "penalty_dir is None: training without the pretraining penalty (paper §3.2), which the paper finds "
@@ -195,8 +201,7 @@ class EfficientAdPlugin(AnomalibModule):
                     st_maps.append(st_map)
                     ae_maps.append(ae_map)
         if not st_maps:
-            msg = "The validation set holds no normal images to fit the map normalisation on; use val_split_mode from_train."
-            raise ValueError(msg)
+            raise ValueError(_NO_VALIDATION_IMAGES)
         self.model.anomaly_map_generator.fit(torch.cat(st_maps), torch.cat(ae_maps))
 
     def on_validation_start(self) -> None:
