@@ -69,11 +69,6 @@ def test_hard_feature_loss_is_deterministic() -> None:
     assert torch.equal(hard_feature_loss(teacher, student), hard_feature_loss(teacher, student))
 
 
-@pytest.mark.xfail(
-    reason="hard_feature_loss keeps exactly n - ceil((n-1)q) values with top-k; with ties straddling the "
-    "quantile, d[d >= d_hard] holds more values, so the result differs from the paper's definition",
-    strict=True,
-)
 def test_hard_feature_loss_with_ties_at_the_quantile() -> None:
     # 500 distances of 10 above a tie group of 2000 distances of 5 (e.g. a uniform background region),
     # the rest below 1. The 0.999 quantile is 5, so the reference averages all 2500 values >= 5: 6.0.

@@ -37,7 +37,9 @@ def read_rgb(path: str | Path) -> torch.Tensor:
         with Image.open(path) as image:
             image = ImageOps.exif_transpose(image)
             if image.mode in {"I;16", "I;16B", "I;16L", "I"}:
-                array = np.asarray(image, dtype=np.float32) / (65535.0 if image.mode != "I" else float(2**31 - 1))
+                array = np.asarray(image, dtype=np.float32)
+                # Pillow opens 16-bit PNGs as "I;16" (older releases as "I"): 16-bit unless values say otherwise.
+                array /= 65535.0 if image.mode != "I" or array.max(initial=0) <= 65535 else float(2**31 - 1)
                 return torch.from_numpy(array.clip(0, 1)).expand(3, -1, -1).contiguous()
             array = np.asarray(image.convert("RGB"))
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:

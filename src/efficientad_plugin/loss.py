@@ -25,12 +25,14 @@ class TrainingFeatures(NamedTuple):
 def hard_feature_loss(teacher: torch.Tensor, student: torch.Tensor, quantile: float = HARD_QUANTILE) -> torch.Tensor:
     """Mean of the squared differences at or above their ``quantile`` (paper Eq. 1, p_hard = 0.999).
 
-    Exact and deterministic: with the linear-interpolation quantile d_hard of n values, exactly the
-    n - ceil((n - 1) * quantile) largest values are >= d_hard, so a top-k replaces the quantile and the mask.
+    Exact and deterministic, ties included: the linear-interpolation quantile of n sorted values lies in
+    (s[ceil(p) - 1], s[ceil(p)]] with p = (n - 1) * quantile, so "at or above the quantile" means ">= s[ceil(p)]",
+    the smallest of the n - ceil(p) largest values, which a top-k finds without sorting everything.
     """
     distance = (teacher - student).pow(2).flatten()
-    keep = distance.numel() - math.ceil((distance.numel() - 1) * quantile)
-    return distance.topk(max(keep, 1), sorted=False).values.mean()
+    keep = max(distance.numel() - math.ceil((distance.numel() - 1) * quantile), 1)
+    hard = distance >= distance.topk(keep, sorted=False).values.min()
+    return torch.where(hard, distance, 0.0).sum() / hard.sum()
 
 
 class EfficientAdLoss(nn.Module):
