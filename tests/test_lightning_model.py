@@ -95,7 +95,7 @@ def test_missing_teacher_file_fails_before_training(synthetic_root: Path, tmp_pa
 
 
 def test_warns_about_test_leakage_untrained_teacher_and_no_penalty(synthetic_root: Path, tmp_path: Path) -> None:
-    model = EfficientAdPlugin(teacher_weights="untrained", max_steps=1)
+    model = EfficientAdPlugin(teacher_weights="untrained", penalty_dir=None, max_steps=1)
     with pytest.warns(UserWarning) as records:
         _engine(tmp_path).fit(model, _datamodule(synthetic_root, val_split_mode="same_as_test"))
     messages = " ".join(str(record.message) for record in records)

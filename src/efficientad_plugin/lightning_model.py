@@ -19,7 +19,7 @@ from .augmentation import random_color_adjustment
 from .autoencoder import check_image_size
 from .loss import EfficientAdLoss
 from .pdn import check_model_size, load_pdn_state_dict
-from .penalty import PenaltyImages
+from .penalty import BUNDLED, PenaltyImages
 from .teacher_weights import UNTRAINED, load_teacher_state_dict
 from .torch_model import EfficientAdPluginModel
 
@@ -39,7 +39,8 @@ class EfficientAdPlugin(AnomalibModule):
         model_size: ``"small"`` (EfficientAD-S) or ``"medium"`` (EfficientAD-M).
         teacher_weights: a known entry (``"DEFAULT"``: anomalib's release of the paper's teacher), a path to a
             teacher ``.pth``, or ``"untrained"`` for tests and speed benchmarks only.
-        penalty_dir: folder of natural images for the pretraining penalty (ImageNet in the paper);
+        penalty_dir: folder of natural images for the pretraining penalty (ImageNet in the paper); ``"bundled"``
+            is a small public-domain set shipped with the package (ImageNet or Imagenette is better);
             ``None`` trains without it, which costs accuracy on logical anomalies.
         image_size: ``(height, width)`` the images are resized to; at least 256 per side.
         max_steps: training steps (batch 1), 70,000 in the paper; passed to the trainer.
@@ -52,7 +53,7 @@ class EfficientAdPlugin(AnomalibModule):
         self,
         model_size: str = "small",
         teacher_weights: str | Path = "DEFAULT",
-        penalty_dir: str | Path | None = None,
+        penalty_dir: str | Path | None = BUNDLED,
         image_size: tuple[int, int] | int = (256, 256),
         max_steps: int = 70_000,
         lr: float = 1e-4,
@@ -171,6 +172,9 @@ class EfficientAdPlugin(AnomalibModule):
             )
         else:
             self.penalty_images = PenaltyImages(self.penalty_dir, self.image_size)
+            logger.info("Penalty images: %d from %s", len(self.penalty_images), self.penalty_images.folder)
+            if str(self.penalty_dir) == BUNDLED:
+                logger.info("The bundled penalty set is small; a folder of ImageNet/Imagenette images is better.")
         if not self.model.has_teacher_statistics:  # a fresh run; a resumed one has both in its checkpoint
             self._prepare_teacher()
             self.model.fit_teacher_statistics(self._images(batch) for batch in self.trainer.train_dataloader)

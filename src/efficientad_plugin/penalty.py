@@ -10,6 +10,13 @@ from torchvision.transforms.v2 import functional as TF  # noqa: N812
 from .images import list_images, read_rgb
 
 GRAYSCALE_PROBABILITY = 0.3
+BUNDLED = "bundled"
+BUNDLED_FOLDER = Path(__file__).parent / "assets" / "penalty_images"
+
+
+def resolve_penalty_dir(penalty_dir: str | Path) -> Path:
+    """The folder named by ``penalty_dir``; ``"bundled"`` is the 60 public-domain photo crops shipped here."""
+    return BUNDLED_FOLDER if str(penalty_dir) == BUNDLED else Path(penalty_dir).expanduser()
 
 
 class PenaltyImages:
@@ -21,7 +28,7 @@ class PenaltyImages:
     """
 
     def __init__(self, folder: str | Path, image_size: tuple[int, int]) -> None:
-        self.folder = Path(folder).expanduser()
+        self.folder = resolve_penalty_dir(folder)
         self.paths = list_images(self.folder)
         self.image_size = image_size
 
