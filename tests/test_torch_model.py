@@ -13,7 +13,6 @@ import pytest
 import torch
 from anomalib.data import InferenceBatch
 
-from efficientad_plugin.anomaly_map import channel_mean_squared_error
 from efficientad_plugin.loss import EfficientAdLoss, TrainingFeatures
 from efficientad_plugin.pdn import pdn_output_size
 from efficientad_plugin.torch_model import IMAGENET_MEAN, IMAGENET_STD, EfficientAdPluginModel

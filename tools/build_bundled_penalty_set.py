@@ -45,9 +45,15 @@ def main() -> None:
             top = int(rng.integers(0, photo.height - side + 1))
             crop = photo.crop((left, top, left + side, top + side)).resize((SHORT_SIDE, SHORT_SIDE), Image.BICUBIC)
             crop.convert("RGB" if crop.mode != "L" else "L").save(OUTPUT / f"{name}_{index}.jpg", quality=85)
-    lines = ["# Sources of the bundled penalty images", "",
-             "Random crops of scikit-image sample photos (`skimage.data`), rebuilt by `tools/build_bundled_penalty_set.py`.",
-             "", "| photo | licence |", "|---|---|", *(f"| `{name}` | {licence} |" for name, licence in SOURCES.items())]
+    lines = [
+        "# Sources of the bundled penalty images",
+        "",
+        "Random crops of scikit-image sample photos (`skimage.data`), made by `tools/build_bundled_penalty_set.py`.",
+        "",
+        "| photo | licence |",
+        "|---|---|",
+        *(f"| `{name}` | {licence} |" for name, licence in SOURCES.items()),
+    ]
     (OUTPUT / "SOURCES.md").write_text("\n".join(lines) + "\n")
 
 

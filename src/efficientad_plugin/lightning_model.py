@@ -20,7 +20,7 @@ from .autoencoder import check_image_size
 from .loss import EfficientAdLoss
 from .pdn import check_model_size, load_pdn_state_dict
 from .penalty import BUNDLED, PenaltyImages
-from .teacher_weights import UNTRAINED, load_teacher_state_dict
+from .teacher_weights import is_paper_teacher, load_teacher_state_dict
 from .torch_model import EfficientAdPluginModel
 
 logger = logging.getLogger(__name__)
@@ -112,7 +112,8 @@ class EfficientAdPlugin(AnomalibModule):
         """Adam on student and autoencoder; the learning rate drops x0.1 at 95 % of ``max_steps``, per step."""
         parameters = [*self.model.student.parameters(), *self.model.autoencoder.parameters()]
         optimizer = torch.optim.Adam(parameters, lr=self.lr, weight_decay=self.weight_decay)
-        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=max(1, int(LR_DECAY_AT * self.max_steps)), gamma=0.1)
+        decay_step = max(1, int(LR_DECAY_AT * self.max_steps))
+        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=decay_step, gamma=0.1)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def _images(self, batch: Batch) -> torch.Tensor:
@@ -160,6 +161,9 @@ class EfficientAdPlugin(AnomalibModule):
         else:
             load_pdn_state_dict(self.model.teacher, state_dict, description)
             logger.info("Teacher: %s", description)
+            if not is_paper_teacher(self.teacher_weights, self.model_size):
+                logger.warning("Teacher %s is not the paper's (WideResNet-101-2 on ImageNet): results may differ "
+                               "from the paper's.", description)
 
     def on_train_start(self) -> None:
         """Check the data, then load the teacher, list the penalty images and compute the teacher statistics."""

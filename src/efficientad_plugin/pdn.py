@@ -54,7 +54,8 @@ class PatchDescriptionNetwork(nn.Sequential):
         in_channels = 3
         for layer in layout:
             if layer == "pool":
-                layers[f"pool{sum(name.startswith('pool') for name in layers) + 1}"] = nn.AvgPool2d(2, stride=2, padding=1 if padding else 0)
+                pool_index = sum(name.startswith("pool") for name in layers) + 1
+                layers[f"pool{pool_index}"] = nn.AvgPool2d(2, stride=2, padding=1 if padding else 0)
                 continue
             width, kernel, pad = layer
             width = width or out_channels

@@ -25,6 +25,7 @@ import torch
 logger = logging.getLogger(__name__)
 
 UNTRAINED = "untrained"
+PACKAGED_TEACHERS = Path(__file__).parent / "assets" / "teachers"
 
 _ANOMALIB_RELEASE_URL = (
     "https://github.com/open-edge-platform/anomalib/releases/download/"
@@ -72,11 +73,12 @@ class Weights:
 
     @property
     def path(self) -> Path:
-        """Where the file must be on this machine."""
-        return cache_dir() / self.file_name
+        """Where the file must be on this machine: anomalib's cache for downloads, else inside this package."""
+        return cache_dir() / self.file_name if self.url else PACKAGED_TEACHERS / self.file_name
 
     def _missing_error(self, name: str, reason: str) -> FileNotFoundError:
-        source = f"Download {self.url} on a machine with internet and copy it there" if self.url else ""
+        source = (f"Download {self.url} on a machine with internet and copy it there" if self.url
+                  else "It ships with efficientad-plugin: reinstall the package")
         msg = (
             f"Teacher weights {name} are not available: {reason}. They are expected at {self.path} "
             f"(sha256 {self.sha256}). {source}. Other options: teacher_weights=<path to a .pth teacher state dict> "
@@ -181,6 +183,12 @@ def resolve_teacher_weights(teacher_weights: str | Path, model_size: str) -> Wei
         f"{model_size!r}: {', '.join(enum.__members__)}; or a path to a .pth file; or '{UNTRAINED}'."
     )
     raise FileNotFoundError(msg)
+
+
+def is_paper_teacher(teacher_weights: str | Path, model_size: str) -> bool:
+    """Whether ``teacher_weights`` names the paper's own teacher (distilled from WideResNet-101-2 on ImageNet)."""
+    resolved = resolve_teacher_weights(teacher_weights, model_size)
+    return isinstance(resolved, WeightsEnum) and bool(resolved.value.meta.get("paper_weights"))
 
 
 def load_teacher_state_dict(teacher_weights: str | Path, model_size: str) -> tuple[dict[str, torch.Tensor] | None, str]:
