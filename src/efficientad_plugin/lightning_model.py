@@ -12,6 +12,7 @@ from anomalib import LearningType
 from anomalib.data import Batch
 from anomalib.models.components import AnomalibModule
 from anomalib.pre_processing import PreProcessor
+from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torchvision.transforms.v2 import Compose, Resize
 
@@ -214,7 +215,7 @@ class EfficientAdPlugin(AnomalibModule):
 
     def on_validation_start(self) -> None:
         """Fit the map quantiles on the normal validation images after training (or when none are fitted yet)."""
-        if self.trainer.training or not self.model.anomaly_map_generator.is_fitted:
+        if self.trainer.state.fn == TrainerFn.FITTING or not self.model.anomaly_map_generator.is_fitted:
             self._fit_map_quantiles()
 
     def validation_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
