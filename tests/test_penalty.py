@@ -151,3 +151,13 @@ def test_resize_ignores_the_aspect_ratio_before_the_centre_crop(tmp_path: Path) 
                 assert _colour_of(sample[..., 4 * band : 4 * band + 4]) == COLOURS[band + 2]
             return
     pytest.fail("no colour sample in 10 draws")
+
+
+def test_bundled_penalty_set_ships_readable_photos_with_their_sources() -> None:
+    from efficientad_plugin.penalty import BUNDLED, BUNDLED_FOLDER
+
+    images = PenaltyImages(BUNDLED, (256, 256))
+    assert images.folder == BUNDLED_FOLDER
+    assert len(images) == 60
+    assert "public domain" in (BUNDLED_FOLDER / "SOURCES.md").read_text()
+    assert images.sample(0, 0).shape == (1, 3, 256, 256)

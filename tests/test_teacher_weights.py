@@ -47,6 +47,15 @@ def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 @pytest.fixture
+def packaged(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Entries without a url live inside the package: point that folder into tmp_path."""
+    folder = tmp_path / "package"
+    folder.mkdir()
+    monkeypatch.setattr(tw, "PACKAGED_TEACHERS", folder)
+    return folder
+
+
+@pytest.fixture
 def offline(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     calls: list[str] = []
 
@@ -205,9 +214,9 @@ def test_wrong_file_in_cache_is_rejected(cache: Path, small_state_dict) -> None:
     assert str(path) in message
 
 
-def test_verified_archive_entry_loads(cache: Path, small_state_dict, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_verified_archive_entry_loads(packaged: Path, small_state_dict, monkeypatch: pytest.MonkeyPatch) -> None:
     data = _zip_bytes(SMALL_MEMBER, small_state_dict)
-    (cache / "teacher.zip").write_bytes(data)
+    (packaged / "teacher.zip").write_bytes(data)
     weights = Weights(file_name="teacher.zip", sha256=hashlib.sha256(data).hexdigest(), archive_member=SMALL_MEMBER)
     _assert_equal_state_dicts(weights.get_state_dict("test"), small_state_dict)
 
@@ -223,8 +232,8 @@ def test_verified_archive_entry_loads(cache: Path, small_state_dict, monkeypatch
     pdn.load_state_dict(state_dict)
 
 
-def test_verified_plain_file_entry_loads(cache: Path, small_state_dict) -> None:
-    path = cache / "teacher.pth"
+def test_verified_plain_file_entry_loads(packaged: Path, small_state_dict) -> None:
+    path = packaged / "teacher.pth"
     torch.save(small_state_dict, path)
     weights = Weights(file_name="teacher.pth", sha256=sha256_of(path))
     _assert_equal_state_dicts(weights.get_state_dict("test"), small_state_dict)
@@ -248,11 +257,12 @@ def test_download_then_verify(cache: Path, small_state_dict, monkeypatch: pytest
     assert calls == [url]  # cached: no second download
 
 
-def test_missing_file_without_url(cache: Path) -> None:
+def test_missing_packaged_file(packaged: Path) -> None:
     weights = Weights(file_name="local.pth", sha256="0" * 64)
     with pytest.raises(FileNotFoundError, match="the file is missing") as error:
         weights.get_state_dict("LocalWeights.X")
-    assert str(cache / "local.pth") in str(error.value)
+    assert str(packaged / "local.pth") in str(error.value)
+    assert "reinstall" in str(error.value)
     assert "LocalWeights.X" in str(error.value)
 
 

@@ -134,29 +134,28 @@ class WeightsEnum(Enum):
         return self.value.get_state_dict(self.qualified_name)
 
 
-class PDNSmallWeights(WeightsEnum):
-    """Teachers for ``model_size="small"``."""
-
-    ANOMALIB_RELEASE = Weights(
+def _anomalib_release(model_size: str, num_params: int) -> Weights:
+    """The paper's teacher of one size inside anomalib's release archive."""
+    return Weights(
         file_name="efficientad_pretrained_weights.zip",
         sha256=_ANOMALIB_RELEASE_SHA256,
         url=_ANOMALIB_RELEASE_URL,
-        archive_member="efficientad_pretrained_weights/pretrained_teacher_small.pth",
-        meta={**_RELEASE_META, "num_params": 2_694_144},
+        archive_member=f"efficientad_pretrained_weights/pretrained_teacher_{model_size}.pth",
+        meta={**_RELEASE_META, "num_params": num_params},
     )
+
+
+class PDNSmallWeights(WeightsEnum):
+    """Teachers for ``model_size="small"``."""
+
+    ANOMALIB_RELEASE = _anomalib_release("small", num_params=2_694_144)
     DEFAULT = ANOMALIB_RELEASE
 
 
 class PDNMediumWeights(WeightsEnum):
     """Teachers for ``model_size="medium"``."""
 
-    ANOMALIB_RELEASE = Weights(
-        file_name="efficientad_pretrained_weights.zip",
-        sha256=_ANOMALIB_RELEASE_SHA256,
-        url=_ANOMALIB_RELEASE_URL,
-        archive_member="efficientad_pretrained_weights/pretrained_teacher_medium.pth",
-        meta={**_RELEASE_META, "num_params": 8_026_624},
-    )
+    ANOMALIB_RELEASE = _anomalib_release("medium", num_params=8_026_624)
     DEFAULT = ANOMALIB_RELEASE
 
 
