@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -45,3 +46,19 @@ def penalty_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
         image = Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), mode=mode)
         image.save(folder / ("nested" if index else "") / f"photo{index}{suffix}")
     return folder
+
+
+@pytest.fixture(scope="session")
+def pcb_subset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small MVTec-layout copy ``<root>/pcb`` of the real DeepPCB sample: 12 train, 4 good, 4 defect images."""
+    root = tmp_path_factory.mktemp("pcb_subset")
+    source = PCB_ROOT / "pcb"
+    for split, count in (("train/good", 12), ("test/good", 4), ("test/defect", 4)):
+        (root / "pcb" / split).mkdir(parents=True)
+        for path in sorted((source / split).glob("*.png"))[:count]:
+            shutil.copy(path, root / "pcb" / split / path.name)
+            mask = source / "ground_truth" / "defect" / f"{path.stem}_mask.png"
+            if split == "test/defect":
+                (root / "pcb" / "ground_truth" / "defect").mkdir(parents=True, exist_ok=True)
+                shutil.copy(mask, root / "pcb" / "ground_truth" / "defect" / mask.name)
+    return root

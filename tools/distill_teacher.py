@@ -59,7 +59,8 @@ def main(argv: list[str] | None = None) -> Path:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
     config = DistillationConfig(
-        images=str(args.images), backbone=args.backbone, backbone_weights=_weights_path(args.backbone_weights),
+        images=str(Path(args.images).resolve()), backbone=args.backbone,
+        backbone_weights=_weights_path(args.backbone_weights),
         layers=tuple(args.layers), model_size=args.model_size, image_size=args.image_size, crop_size=args.crop_size,
         steps=args.steps, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
         statistics_images=args.statistics_images, seed=args.seed, precision=args.precision,

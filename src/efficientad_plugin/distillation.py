@@ -31,6 +31,8 @@ logger = logging.getLogger(__name__)
 
 AGGREGATION_DIMENSION = 1024  # per-layer width before the final pooling to 384 channels (paper, PatchCore)
 GRAYSCALE_PROBABILITY = 0.1
+# Settings that do not change the result, so a resumed run may use other values.
+_RESUMABLE_CHANGES = frozenset({"num_workers", "checkpoint_every"})
 
 
 @dataclass
@@ -214,8 +216,11 @@ def distill(config: DistillationConfig, output: Path, resume: bool = False, prog
     start, history, elapsed = 0, [], 0.0
     if resume and checkpoint_path.is_file():
         state = torch.load(checkpoint_path, map_location=device, weights_only=True)
-        if state["config"] != _jsonable(config):
-            msg = f"{checkpoint_path} was written by a run with other settings; resume with the same arguments."
+        changed = {key: (state["config"].get(key), value) for key, value in _jsonable(config).items()
+                   if key not in _RESUMABLE_CHANGES and state["config"].get(key) != value}
+        if changed:
+            details = "; ".join(f"{key}: was {old!r}, now {new!r}" for key, (old, new) in changed.items())
+            msg = f"{checkpoint_path} was written by a run with other settings ({details}); resume with the same ones."
             raise ValueError(msg)
         pdn.load_state_dict(state["pdn"])
         optimizer.load_state_dict(state["optimizer"])

@@ -1,0 +1,102 @@
+"""Exported models (OpenVINO FP32/FP16/INT8, ONNX) reproduce the torch model on real PCB images.
+
+Differences are compared in the units of the raw anomaly map, i.e. multiplied back by the post-processor's
+normalisation range: the exported scores are min-max normalised, and after two training steps the range of the
+normal scores is narrow, which would magnify any difference. OpenVINO runs with ``INFERENCE_PRECISION_HINT`` f32.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from anomalib.data import MVTecAD
+from anomalib.deploy import CompressionType, ExportType
+from anomalib.engine import Engine
+from PIL import Image
+
+from efficientad_plugin import EfficientAdPlugin
+from efficientad_plugin.inference import OpenVinoDetector
+from efficientad_plugin.quantization import output_convolutions, quantize_openvino
+
+pytestmark = pytest.mark.slow
+INPUT_SIZES = ((280, 300), (180, 200))  # (height, width) of the images fed in: both differ from the model's
+# Largest difference allowed, as a fraction of the normal range of the raw map (pixel_max - pixel_min).
+TOLERANCES = {"openvino_fp32": 1e-4, "onnx": 1e-4, "openvino_fp16": 5e-3}
+
+
+@pytest.fixture(scope="module", params=[(256, 256), (256, 320)], ids=["square", "rectangular"])
+def exported(request: pytest.FixtureRequest, pcb_subset: Path,
+             tmp_path_factory: pytest.TempPathFactory) -> tuple[EfficientAdPlugin, dict[str, Path]]:
+    """A model trained for two steps on real PCB images at ``image_size``, and its exports."""
+    root = tmp_path_factory.mktemp("export")
+    datamodule = MVTecAD(root=pcb_subset, category="pcb", train_batch_size=1, eval_batch_size=4, num_workers=0,
+                         val_split_mode="from_train", val_split_ratio=0.25, seed=0)
+    model = EfficientAdPlugin(teacher_weights="LITE0_NATURAL2K_V1", image_size=request.param, max_steps=2)
+    engine = Engine(default_root_dir=root, logger=False, enable_progress_bar=False)
+    engine.fit(model, datamodule=datamodule)
+    model.eval()
+    exports = {
+        "openvino_fp32": engine.export(model, ExportType.OPENVINO, export_root=root / "fp32"),
+        "openvino_fp16": engine.export(model, ExportType.OPENVINO, export_root=root / "fp16",
+                                       compression_type=CompressionType.FP16),
+        "onnx": engine.export(model, ExportType.ONNX, export_root=root / "onnx"),
+    }
+    return model, exports
+
+
+def _test_images(pcb_subset: Path, size: tuple[int, int]) -> list[np.ndarray]:
+    height, width = size
+    return [np.asarray(Image.open(path).convert("RGB").resize((width, height)), dtype=np.float32) / 255
+            for path in sorted((pcb_subset / "pcb" / "test").rglob("*.png"))]
+
+
+@pytest.mark.parametrize("export", sorted(TOLERANCES))
+def test_export_matches_torch(exported: tuple[EfficientAdPlugin, dict[str, Path]], pcb_subset: Path,
+                              export: str) -> None:
+    model, exports = exported
+    detector = OpenVinoDetector(exports[export], precision="f32")
+    post = model.post_processor
+    pixel_range, image_range = float(post.pixel_max - post.pixel_min), float(post.image_max - post.image_min)
+    tolerance = TOLERANCES[export] * pixel_range
+    for size in INPUT_SIZES:
+        for image in _test_images(pcb_subset, size):
+            with torch.no_grad():
+                expected = model(torch.from_numpy(image).permute(2, 0, 1)[None])
+            result = detector.predict(image)
+            assert result.anomaly_map.shape == tuple(model.image_size)
+            map_error = np.abs(result.anomaly_map - expected.anomaly_map[0, 0].numpy()).max() * pixel_range
+            score_error = abs(result.score - expected.pred_score.item()) * image_range
+            assert map_error <= tolerance, (size, map_error / pixel_range)
+            assert score_error <= tolerance, (size, score_error / pixel_range)
+            # Labels agree unless the score is within the tolerance of the threshold (0.5 after normalisation).
+            if abs(expected.pred_score.item() - 0.5) * image_range > tolerance:
+                assert result.label == bool(expected.pred_label.item())
+
+
+def test_int8_quantisation_keeps_the_graph_whole(exported: tuple[EfficientAdPlugin, dict[str, Path]],
+                                                  pcb_subset: Path, tmp_path: Path) -> None:
+    """NNCF quantises the convolutions; resize and normalisation stay; output layers can stay in float."""
+    import openvino as ov
+
+    model, exports = exported
+    calibration = pcb_subset / "pcb" / "train" / "good"
+    full = quantize_openvino(exports["openvino_fp32"], calibration, tmp_path / "int8" / "model.xml", subset_size=4)
+    kept = quantize_openvino(exports["openvino_fp32"], calibration, tmp_path / "int8_kept" / "model.xml",
+                             subset_size=4, keep_output_layers=True)
+    fp32_ir = ov.Core().read_model(str(exports["openvino_fp32"]))
+    assert len(output_convolutions(fp32_ir)) == 3  # teacher, student and autoencoder outputs
+
+    def quantized_convolutions(path: Path) -> int:
+        ops = ov.Core().read_model(str(path)).get_ordered_ops()
+        return sum(op.get_type_name() == "FakeQuantize" for op in ops)
+
+    assert quantized_convolutions(full) > quantized_convolutions(kept) > 0
+    for path in (full, kept):
+        detector = OpenVinoDetector(path, precision="f32")
+        for image in _test_images(pcb_subset, INPUT_SIZES[0]):
+            result = detector.predict(image)
+            assert 0.0 <= result.score <= 1.0
+            assert result.anomaly_map.shape == tuple(model.image_size)
