@@ -1,0 +1,61 @@
+"""Image and pixel AUROC of an exported model on the test split of an MVTec-layout category folder."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torchmetrics.classification import BinaryAUROC
+
+from .images import list_images
+from .inference import OpenVinoDetector
+
+
+@dataclass(frozen=True)
+class TestImage:
+    """One test image: its label (1 = defective) and, for a defective one, its mask if the dataset has one."""
+
+    path: Path
+    label: int
+    mask: Path | None
+
+
+def mvtec_test_images(category: str | Path) -> list[TestImage]:
+    """``<category>/test/good`` (normal) and every other ``test/<defect>`` folder, masks from ``ground_truth``."""
+    category = Path(category)
+    test_images = []
+    for folder in sorted(path for path in (category / "test").iterdir() if path.is_dir()):
+        label = int(folder.name != "good")
+        for path in list_images(folder):
+            mask = category / "ground_truth" / folder.name / f"{path.stem}_mask.png"
+            test_images.append(TestImage(path, label, mask if label and mask.is_file() else None))
+    if not any(image.label for image in test_images) or all(image.label for image in test_images):
+        msg = f"{category / 'test'} needs both good and defective images to measure AUROC."
+        raise ValueError(msg)
+    return test_images
+
+
+def _mask(test_image: TestImage, shape: tuple[int, int]) -> np.ndarray:
+    if test_image.mask is None:
+        return np.full(shape, bool(test_image.label))  # a defective image without a mask: every pixel counts
+    with Image.open(test_image.mask) as mask:
+        return np.asarray(mask.convert("L").resize(shape[::-1], Image.Resampling.NEAREST)) > 0
+
+
+def evaluate_detector(detector: OpenVinoDetector, category: str | Path) -> dict[str, float]:
+    """Image AUROC (from the scores) and pixel AUROC (maps against masks at the map's size) on the test split."""
+    test_images = mvtec_test_images(category)
+    predictions = detector.predict_files([image.path for image in test_images], keep_maps=True)
+    failed = [prediction.error for prediction in predictions if prediction.error]
+    if failed:
+        raise RuntimeError(failed[0])
+    image_auroc, pixel_auroc = BinaryAUROC(), BinaryAUROC()
+    scores = torch.tensor([prediction.score for prediction in predictions])
+    image_auroc.update(scores, torch.tensor([image.label for image in test_images]))
+    for image, prediction in zip(test_images, predictions, strict=True):
+        mask = _mask(image, prediction.anomaly_map.shape)
+        pixel_auroc.update(torch.from_numpy(prediction.anomaly_map).flatten(), torch.from_numpy(mask).flatten().long())
+    return {"image_AUROC": float(image_auroc.compute()), "pixel_AUROC": float(pixel_auroc.compute())}

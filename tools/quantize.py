@@ -1,0 +1,46 @@
+"""Quantise an exported EfficientAdPlugin to INT8 with NNCF, calibrated on images of normal parts only.
+
+With --evaluate, the FP32 and INT8 models are scored side by side on the test split of an MVTec-layout category
+(OpenVINO with INFERENCE_PRECISION_HINT f32, so that INT8 is compared with true FP32) and the AUROC change printed.
+
+example: python tools/quantize.py results/weights/openvino/model.xml --calibration datasets/pcb/train/good \\
+             --output results/weights/openvino_int8/model.xml --evaluate datasets/pcb
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from efficientad_plugin.evaluation import evaluate_detector
+from efficientad_plugin.inference import OpenVinoDetector
+from efficientad_plugin.quantization import CALIBRATION_IMAGES, quantize_openvino
+
+
+def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
+    """Quantise, optionally evaluate both models, print the result as JSON and return it."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model", type=Path, help="FP32 export: OpenVINO .xml (with its .bin) or .onnx")
+    parser.add_argument("--calibration", type=Path, required=True,
+                        help="folder of images of normal parts (e.g. the training images)")
+    parser.add_argument("--output", type=Path, required=True, help="INT8 .xml to write")
+    parser.add_argument("--subset-size", type=int, default=CALIBRATION_IMAGES,
+                        help=f"calibration images used (default: {CALIBRATION_IMAGES})")
+    parser.add_argument("--keep-output-layers", action="store_true",
+                        help="keep the last convolutions of teacher, student and autoencoder in floating point")
+    parser.add_argument("--evaluate", type=Path, help="MVTec-layout category folder whose test split scores both")
+    args = parser.parse_args(argv)
+    quantize_openvino(args.model, args.calibration, args.output, args.subset_size, args.keep_output_layers)
+    print(f"INT8 model written to {args.output}")
+    results: dict[str, dict[str, float]] = {}
+    if args.evaluate:
+        for name, path in (("fp32", args.model), ("int8", args.output)):
+            results[name] = evaluate_detector(OpenVinoDetector(path, precision="f32"), args.evaluate)
+        results["change"] = {key: results["int8"][key] - results["fp32"][key] for key in results["fp32"]}
+        print(json.dumps(results, indent=2))
+    return results
+
+
+if __name__ == "__main__":
+    main()
