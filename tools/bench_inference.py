@@ -15,56 +15,22 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-HINT = {"INFERENCE_PRECISION_HINT": "f32"}
+from efficientad_plugin.speed import (
+    PRECISION_HINT,
+    export_openvino_batch1,
+    latency_ms,
+    measure_openvino,
+    peak_memory_mib,
+)
+
 MEMORY_BANK_PATCHES = 20_480  # PatchCore's 10 % coreset of 200 training images x 32 x 32 patches
 PATCHCORE_BACKBONES = {"wide_resnet50_2": ["layer2", "layer3"], "tf_efficientnet_lite0": ["blocks.2", "blocks.4"]}
-
-
-def _peak_memory_mib() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def _latencies(run: object, warmup: int, runs: int) -> dict[str, float]:
-    for _ in range(warmup):
-        run()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    times.sort()
-    return {"latency_ms": 1000 * statistics.median(times), "p95_ms": 1000 * times[int(0.95 * (len(times) - 1))]}
-
-
-def measure_openvino(xml: str, size: int, warmup: int, runs: int, images: int) -> dict[str, float]:
-    """Latency (sync, LATENCY hint) and throughput (async queue, THROUGHPUT hint) of an IR at batch 1."""
-    import numpy as np
-    import openvino as ov
-
-    core = ov.Core()
-    image = np.random.default_rng(0).random((1, 3, size, size), dtype=np.float32)
-    request = core.compile_model(xml, "CPU", {**HINT, "PERFORMANCE_HINT": "LATENCY"}).create_infer_request()
-    result = _latencies(lambda: request.infer(image), warmup, runs)
-    compiled = core.compile_model(xml, "CPU", {**HINT, "PERFORMANCE_HINT": "THROUGHPUT"})
-    queue = ov.AsyncInferQueue(compiled, compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
-    for _ in range(len(queue)):
-        queue.start_async(image)
-    queue.wait_all()
-    start = time.perf_counter()
-    for _ in range(images):
-        queue.start_async(image)
-    queue.wait_all()
-    return {**result, "throughput_fps": images / (time.perf_counter() - start)}
 
 
 def _torch_model(kind: str, state: str) -> object:
@@ -90,7 +56,7 @@ def measure_torch(kind: str, state: str, size: int, warmup: int, runs: int) -> d
     model = _torch_model(kind, state)
     image = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
-        result = _latencies(lambda: model(image), warmup, runs)
+        result = latency_ms(lambda: model(image), warmup, runs)
     return {**result, "throughput_fps": 1000 / result["latency_ms"]}
 
 
@@ -136,19 +102,6 @@ def _fit_for_export(model: object, size: int) -> None:
         buffer.fill_(value)
 
 
-def _batch1_openvino(model: object, size: int, path: Path) -> Path:
-    """ONNX at batch 1 (as anomalib exports, but anomalib fixes PatchCore's batch at 2), converted to OpenVINO."""
-    import openvino as ov
-    import torch
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    onnx = path.with_suffix(".onnx")
-    torch.onnx.export(model, (torch.zeros(1, 3, size, size),), str(onnx), input_names=["input"],
-                      output_names=["pred_score", "pred_label", "anomaly_map", "pred_mask"], dynamo=True)
-    ov.save_model(ov.convert_model(str(onnx)), str(path), compress_to_fp16=False)
-    return path
-
-
 def build(workdir: Path, size: int, images: int) -> dict[str, tuple[str, ...]]:
     """Export every model under ``workdir`` and return the measurement command of each variant."""
     import torch
@@ -187,7 +140,7 @@ def build(workdir: Path, size: int, images: int) -> dict[str, tuple[str, ...]]:
             channels = sum(feature.shape[1] for feature in patchcore.model.feature_extractor(
                 torch.zeros(1, 3, size, size)).values())
         patchcore.model.memory_bank = torch.randn(MEMORY_BANK_PATCHES, channels)
-        xml = _batch1_openvino(patchcore, size, workdir / f"patchcore_{backbone}" / "model.xml")
+        xml = export_openvino_batch1(patchcore, (size, size), workdir / f"patchcore_{backbone}" / "model.xml")
         variants[f"Patchcore {backbone} OpenVINO FP32"] = ("openvino", str(xml))
     variants["lean tool (OpenVINO FP32, files)"] = ("lean", str(fp32), str(test))
     variants["anomalib predict (torch, files)"] = ("predict", str(workdir / "plugin.pt"), str(test))
@@ -197,14 +150,14 @@ def build(workdir: Path, size: int, images: int) -> dict[str, tuple[str, ...]]:
 def _measure(argv: list[str], size: int, warmup: int, runs: int, images: int) -> dict[str, float]:
     kind, *rest = argv
     if kind == "openvino":
-        result = measure_openvino(rest[0], size, warmup, runs, images)
+        result = measure_openvino(rest[0], (size, size), warmup, runs, images)
     elif kind == "torch":
         result = measure_torch(rest[0], rest[1], size, warmup, runs)
     elif kind == "lean":
         result = measure_lean_tool(*rest)
     else:
         result = measure_anomalib_predict(*rest)
-    return {**result, "peak_memory_mib": _peak_memory_mib()}
+    return {**result, "peak_memory_mib": peak_memory_mib()}
 
 
 def _run_variant(command: tuple[str, ...], args: argparse.Namespace) -> dict[str, float]:
@@ -270,7 +223,8 @@ def main(argv: list[str] | None = None) -> dict:
         for name, command in variants.items():
             results[name] = _run_variant(command, args)
             print(f"{name}: {results[name]}", file=sys.stderr)
-    report = {"machine": _machine(), "size": args.size, "runs": args.runs, "precision_hint": HINT, "results": results}
+    report = {"machine": _machine(), "size": args.size, "runs": args.runs, "precision_hint": PRECISION_HINT,
+              "results": results}
     print(table(results))
     if not args.only:
         report["ratios"] = ratios(results)
