@@ -27,11 +27,9 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     parser.add_argument("--output", type=Path, required=True, help="INT8 .xml to write")
     parser.add_argument("--subset-size", type=int, default=CALIBRATION_IMAGES,
                         help=f"calibration images used (default: {CALIBRATION_IMAGES})")
-    parser.add_argument("--keep-output-layers", action="store_true",
-                        help="keep the last convolutions of teacher, student and autoencoder in floating point")
     parser.add_argument("--evaluate", type=Path, help="MVTec-layout category folder whose test split scores both")
     args = parser.parse_args(argv)
-    quantize_openvino(args.model, args.calibration, args.output, args.subset_size, args.keep_output_layers)
+    quantize_openvino(args.model, args.calibration, args.output, args.subset_size)
     print(f"INT8 model written to {args.output}")
     results: dict[str, dict[str, float]] = {}
     if args.evaluate:
