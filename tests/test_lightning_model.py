@@ -117,3 +117,25 @@ def test_model_pickles_without_data_iterators(penalty_folder: Path) -> None:
     model.penalty_images = PenaltyImages(penalty_folder, model.image_size)
     restored = pickle.loads(pickle.dumps(model))
     assert torch.equal(restored.penalty_images.sample(3, 0), model.penalty_images.sample(3, 0))
+
+
+def test_step_checkpoint_is_written_every_n_steps_and_resumes(synthetic_root: Path, tmp_path: Path) -> None:
+    model = EfficientAdPlugin(teacher_weights="untrained", penalty_dir=None, max_steps=5, checkpoint_every_n_steps=2)
+    engine = _engine(tmp_path / "first")
+    engine.fit(model, _datamodule(synthetic_root))
+    last_step = next((tmp_path / "first").rglob("last_step.ckpt"))
+    assert last_step.parent == next((tmp_path / "first").rglob("model.ckpt")).parent
+    state = torch.load(last_step, map_location="cpu", weights_only=False)
+    assert state["global_step"] == 4  # written at steps 2 and 4; step 5 is the final model.ckpt
+    assert torch.isfinite(state["state_dict"]["model.teacher_mean"]).all()
+    resumed = EfficientAdPlugin(teacher_weights="untrained", penalty_dir=None, max_steps=5,
+                                checkpoint_every_n_steps=2)
+    engine = _engine(tmp_path / "second")
+    engine.fit(resumed, _datamodule(synthetic_root), ckpt_path=str(last_step))
+    assert engine.trainer.global_step == 5
+    assert resumed.model.anomaly_map_generator.is_fitted
+
+
+def test_checkpoint_interval_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="checkpoint_every_n_steps"):
+        EfficientAdPlugin(teacher_weights="untrained", checkpoint_every_n_steps=0)

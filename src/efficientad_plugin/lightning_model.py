@@ -12,12 +12,14 @@ from anomalib import LearningType
 from anomalib.data import Batch
 from anomalib.models.components import AnomalibModule
 from anomalib.pre_processing import PreProcessor
+from lightning.pytorch import Callback
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torchvision.transforms.v2 import Compose, Resize
 
 from .augmentation import random_color_adjustment
 from .autoencoder import check_image_size
+from .callbacks import StepCheckpoint
 from .loss import EfficientAdLoss
 from .pdn import check_model_size, load_pdn_state_dict
 from .penalty import BUNDLED, PenaltyImages
@@ -47,6 +49,8 @@ class EfficientAdPlugin(AnomalibModule):
         max_steps: training steps (batch 1), 70,000 in the paper; passed to the trainer.
         lr: Adam learning rate.
         weight_decay: Adam weight decay.
+        checkpoint_every_n_steps: save a resumable ``last_step.ckpt`` beside ``model.ckpt`` this often, so that an
+            interrupted run loses at most this many steps (resume with ``--ckpt_path``).
         pre_processor, post_processor, evaluator, visualizer: anomalib components, or ``True`` for the defaults.
     """
 
@@ -59,6 +63,7 @@ class EfficientAdPlugin(AnomalibModule):
         max_steps: int = 70_000,
         lr: float = 1e-4,
         weight_decay: float = 1e-5,
+        checkpoint_every_n_steps: int = 5_000,
         pre_processor: PreProcessor | bool = True,
         post_processor: torch.nn.Module | bool = True,
         evaluator: Any = True,  # noqa: ANN401 (anomalib's Evaluator | bool)
@@ -69,6 +74,7 @@ class EfficientAdPlugin(AnomalibModule):
         if max_steps < 1:
             msg = f"max_steps must be a positive number of training steps, got {max_steps}."
             raise ValueError(msg)
+        step_checkpoint = StepCheckpoint(checkpoint_every_n_steps)
         if pre_processor is True:
             pre_processor = self.configure_pre_processor(image_size)
         super().__init__(
@@ -84,9 +90,15 @@ class EfficientAdPlugin(AnomalibModule):
         self.max_steps = max_steps
         self.lr = lr
         self.weight_decay = weight_decay
+        self.checkpoint_every_n_steps = checkpoint_every_n_steps
+        self.step_checkpoint = step_checkpoint
         self.model = EfficientAdPluginModel(model_size, image_size)
         self.loss = EfficientAdLoss()
         self.penalty_images: PenaltyImages | None = None
+
+    def configure_callbacks(self) -> list[Callback]:
+        """anomalib's components, and a resumable checkpoint every ``checkpoint_every_n_steps`` steps."""
+        return [*super().configure_callbacks(), self.step_checkpoint]
 
     @classmethod
     def configure_pre_processor(cls, image_size: tuple[int, int] | None = None) -> PreProcessor:
