@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import re
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import nn
+from torch.nn import functional as F  # noqa: N812
 
 MODEL_SIZES = ("small", "medium")
 TEACHER_CHANNELS = 384
@@ -67,6 +68,23 @@ class PatchDescriptionNetwork(nn.Sequential):
         super().__init__(OrderedDict(layers))
         self.model_size = model_size
         self.out_channels = out_channels
+
+    def partial_outputs(self, inputs: Sequence[torch.Tensor], channels: Sequence[slice]) -> list[torch.Tensor]:
+        """The outputs of several batches, each restricted to its own slice of output channels.
+
+        The layers before the last convolution run once, on all batches concatenated (when their sizes agree, as
+        in training); the last convolution computes only the requested channels of each batch. The same numbers
+        as slicing full outputs, for less work: the student's last convolution is half of its cost, and each
+        training pass needs half of its channels.
+        """
+        # nn.Sequential(...) rather than self[:-1], whose slicing would call this class's constructor
+        body, last = nn.Sequential(*list(self)[:-1]), self[-1]
+        if len({batch.shape[1:] for batch in inputs}) == 1:
+            hidden = body(torch.cat(list(inputs))).split([len(batch) for batch in inputs])
+        else:  # images of different sizes cannot share a batch
+            hidden = [body(batch) for batch in inputs]
+        return [F.conv2d(part, last.weight[selected], last.bias[selected], last.stride, last.padding)
+                for part, selected in zip(hidden, channels, strict=True)]
 
 
 def load_pdn_state_dict(pdn: PatchDescriptionNetwork, state_dict: Mapping[str, torch.Tensor], source: str) -> None:

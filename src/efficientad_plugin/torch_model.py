@@ -15,6 +15,9 @@ from .pdn import TEACHER_CHANNELS, PatchDescriptionNetwork
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# The student's output channels: the first half mimics the teacher, the second half the autoencoder.
+_TEACHER_MIMICKING = slice(0, TEACHER_CHANNELS)
+_AUTOENCODER_MIMICKING = slice(TEACHER_CHANNELS, 2 * TEACHER_CHANNELS)
 
 
 class EfficientAdPluginModel(nn.Module):
@@ -76,16 +79,19 @@ class EfficientAdPluginModel(nn.Module):
         """Every network output the training losses need."""
         images = self._imagenet_normalise(images)
         augmented_images = self._imagenet_normalise(augmented_images)
-        student_penalty = None
+        # One student pass for all images; each gets only the channels its loss uses.
+        inputs, channels = [images, augmented_images], [_TEACHER_MIMICKING, _AUTOENCODER_MIMICKING]
         if penalty_images is not None:
-            student_penalty = self.student(self._imagenet_normalise(penalty_images))[:, :TEACHER_CHANNELS]
+            inputs.append(self._imagenet_normalise(penalty_images))
+            channels.append(_TEACHER_MIMICKING)
+        student, student_augmented, *student_penalty = self.student.partial_outputs(inputs, channels)
         return TrainingFeatures(
             teacher=self._teacher_features(images),
-            student=self.student(images)[:, :TEACHER_CHANNELS],
-            student_penalty=student_penalty,
+            student=student,
+            student_penalty=student_penalty[0] if student_penalty else None,
             teacher_augmented=self._teacher_features(augmented_images),
             autoencoder_augmented=self.autoencoder(augmented_images),
-            student_augmented=self.student(augmented_images)[:, TEACHER_CHANNELS:],
+            student_augmented=student_augmented,
         )
 
     def raw_maps(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
