@@ -3,24 +3,17 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import yaml
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
 
 
-def _tool() -> object:
-    spec = importlib.util.spec_from_file_location("benchmark_tool", REPO_ROOT / "tools" / "benchmark.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_jobs_run_with_added_metrics_and_a_failed_job_fails_the_run(synthetic_root: Path, tmp_path: Path) -> None:
+def test_jobs_run_with_added_metrics_and_a_failed_job_fails_the_run(synthetic_root: Path, tmp_path: Path,
+                                                                   load_tool: Callable) -> None:
     config = {
         "accelerator": "cpu",
         "benchmark": {
@@ -40,7 +33,7 @@ def test_jobs_run_with_added_metrics_and_a_failed_job_fails_the_run(synthetic_ro
     config_file = tmp_path / "bench.yaml"
     config_file.write_text(yaml.safe_dump(config))
     output = tmp_path / "out"
-    assert _tool().main(["--config", str(config_file), "--output", str(output)]) == 1
+    assert load_tool("benchmark").main(["--config", str(config_file), "--output", str(output)]) == 1
     rows = list(csv.DictReader((output / "results.csv").open()))
     assert [row["model"] for row in rows] == ["Patchcore", "EfficientAdPlugin"]
     patchcore, plugin = rows
