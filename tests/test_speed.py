@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import openvino as ov
 import torch
 
-from efficientad_plugin.speed import export_openvino_batch1, latency_ms, measure_openvino, peak_memory_mib
+from efficientad_plugin.speed import export_openvino_batch1, latency_ms, measure_openvino
 
 
 def test_latency_statistics_time_the_calls_after_warmup() -> None:
@@ -24,10 +26,16 @@ def test_latency_statistics_time_the_calls_after_warmup() -> None:
 
 
 def test_peak_memory_grows_with_an_allocation() -> None:
-    before = peak_memory_mib()
-    block = bytearray(64 * 1024 * 1024)
-    block[::4096] = b"x" * len(block[::4096])  # touch every page
-    assert peak_memory_mib() >= before + 60
+    """In a fresh process: in this one the high-water mark may already be far above any new allocation."""
+    script = (
+        "from efficientad_plugin.speed import peak_memory_mib\n"
+        "before = peak_memory_mib()\n"
+        "block = bytearray(256 * 1024 * 1024)\n"
+        "block[::4096] = bytes(len(block[::4096]))\n"
+        "print(peak_memory_mib() - before)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=300)
+    assert float(result.stdout.strip().splitlines()[-1]) >= 250
 
 
 def test_patchcore_exports_and_runs_at_batch_one(tmp_path: Path) -> None:
