@@ -15,14 +15,12 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch.nn import functional as F  # noqa: N812
-from torchmetrics.classification import BinaryAUROC
 
 from efficientad_plugin.backbones import LITE_MODELS, lite_weights_file
 from efficientad_plugin.distillation import FeatureTarget, load_backbone
-from efficientad_plugin.evaluation import mvtec_test_images
+from efficientad_plugin.evaluation import auroc, mvtec_test_images
 from efficientad_plugin.images import list_images, read_rgb
 from efficientad_plugin.pdn import PatchDescriptionNetwork, load_pdn_state_dict
 from efficientad_plugin.teacher_weights import load_teacher_state_dict
@@ -53,19 +51,20 @@ def probe(category: str | Path, extractor: Extractor, seed: int = 0) -> dict[str
     generator = torch.Generator().manual_seed(seed)
     bank = torch.cat([extractor(read_rgb(path)[None])[0].flatten(1).T for path in list_images(category / "train")])
     bank = bank[torch.randperm(len(bank), generator=generator)[:BANK_PATCHES]]
-    image_auroc, pixel_auroc = BinaryAUROC(), BinaryAUROC()
+    scores, labels, maps, masks = [], [], [], []
     for test_image in mvtec_test_images(category):
         image = read_rgb(test_image.path)[None]
         features = extractor(image)[0]
         distances = torch.cdist(features.flatten(1).T, bank).min(dim=1).values.view(1, 1, *features.shape[-2:])
-        anomaly_map = F.interpolate(distances, size=image.shape[-2:], mode="bilinear")[0, 0]
-        image_auroc.update(distances.max().view(1), torch.tensor([test_image.label]))
+        maps.append(F.interpolate(distances, size=image.shape[-2:], mode="bilinear")[0, 0])
+        scores.append(distances.max())
+        labels.append(test_image.label)
         if test_image.mask is None:
-            mask = np.full(anomaly_map.shape, bool(test_image.label))
+            masks.append(torch.full(maps[-1].shape, bool(test_image.label)))
         else:
-            mask = read_rgb(test_image.mask)[0].numpy() > 0.5
-        pixel_auroc.update(anomaly_map.flatten(), torch.from_numpy(mask).flatten().long())
-    return {"image_AUROC": float(image_auroc.compute()), "pixel_AUROC": float(pixel_auroc.compute())}
+            masks.append(read_rgb(test_image.mask)[0] > 0.5)
+    return {"image_AUROC": auroc(torch.stack(scores), torch.tensor(labels)),
+            "pixel_AUROC": auroc(torch.stack(maps), torch.stack(masks))}
 
 
 def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:

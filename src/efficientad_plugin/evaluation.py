@@ -45,6 +45,18 @@ def _mask(test_image: TestImage, shape: tuple[int, int]) -> np.ndarray:
         return np.asarray(mask.convert("L").resize(shape[::-1], Image.Resampling.NEAREST)) > 0
 
 
+def auroc(scores: torch.Tensor, labels: torch.Tensor) -> float:
+    """Area under the ROC curve of ``scores`` (any real values) for binary ``labels``.
+
+    Scores are min-max scaled first: torchmetrics takes values outside [0, 1] for logits and applies a sigmoid,
+    which rounds every score above ~17 to 1.0 in float32 and erases their order.
+    """
+    scores = scores.flatten().double()
+    span = scores.max() - scores.min()
+    scaled = (scores - scores.min()) / span if span > 0 else torch.zeros_like(scores)
+    return float(BinaryAUROC()(scaled, labels.flatten().long()))
+
+
 def evaluate_detector(detector: OpenVinoDetector, category: str | Path) -> dict[str, float]:
     """Image AUROC (from the scores) and pixel AUROC (maps against masks at the map's size) on the test split."""
     test_images = mvtec_test_images(category)
@@ -52,10 +64,9 @@ def evaluate_detector(detector: OpenVinoDetector, category: str | Path) -> dict[
     failed = [prediction.error for prediction in predictions if prediction.error]
     if failed:
         raise RuntimeError(failed[0])
-    image_auroc, pixel_auroc = BinaryAUROC(), BinaryAUROC()
     scores = torch.tensor([prediction.score for prediction in predictions])
-    image_auroc.update(scores, torch.tensor([image.label for image in test_images]))
-    for image, prediction in zip(test_images, predictions, strict=True):
-        mask = _mask(image, prediction.anomaly_map.shape)
-        pixel_auroc.update(torch.from_numpy(prediction.anomaly_map).flatten(), torch.from_numpy(mask).flatten().long())
-    return {"image_AUROC": float(image_auroc.compute()), "pixel_AUROC": float(pixel_auroc.compute())}
+    labels = torch.tensor([image.label for image in test_images])
+    maps = torch.stack([torch.from_numpy(prediction.anomaly_map) for prediction in predictions])
+    masks = torch.stack([torch.from_numpy(_mask(image, prediction.anomaly_map.shape))
+                         for image, prediction in zip(test_images, predictions, strict=True)])
+    return {"image_AUROC": auroc(scores, labels), "pixel_AUROC": auroc(maps, masks)}

@@ -1,0 +1,143 @@
+"""Training speed side by side: EfficientAdPlugin against anomalib's stock EfficientAd, same data, size, precision.
+
+Each variant trains in its own process on the same generated images (256x256 by default, batch 1, penalty on,
+same random teacher, offline): steps per second from the median wall time of a training step after --warmup steps
+(the teacher statistics pass and validation are not steps), peak resident memory, and the wall time a
+70,000-step run would take at that speed. Prints a table and the plugin/stock ratios; writes JSON.
+
+example: python tools/bench_train.py --steps 20 --precisions 32 bf16-mixed --output docs/bench_train.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+PAPER_STEPS = 70_000
+MODELS = ("EfficientAdPlugin", "EfficientAd")
+
+
+def _prepare(workdir: Path, size: int) -> None:
+    """Generated data, a random PDN-S teacher where both models look for it, and a penalty folder of photos."""
+    import shutil
+
+    import torch
+
+    from efficientad_plugin.data import generate_mvtec_dataset
+    from efficientad_plugin.pdn import PatchDescriptionNetwork
+    from efficientad_plugin.penalty import BUNDLED, PenaltyImages
+
+    generate_mvtec_dataset(workdir / "data", num_train=24, num_test_good=2, num_test_defect=2, seed=0,
+                           image_size=(size, size))
+    torch.manual_seed(0)
+    teacher = workdir / "cache" / "anomalib" / "pre_trained" / "efficientad_pretrained_weights"
+    teacher.mkdir(parents=True)
+    torch.save(PatchDescriptionNetwork("small").state_dict(), teacher / "pretrained_teacher_small.pth")
+    # stock EfficientAd reads an ImageFolder (class sub-folders); the plugin reads any folder
+    penalty = workdir / "penalty" / "photos"
+    penalty.mkdir(parents=True)
+    for path in PenaltyImages(BUNDLED, (size, size)).paths[:20]:
+        shutil.copy(path, penalty / path.name)
+
+
+def run_variant(model_name: str, precision: str, workdir: Path, steps: int, warmup: int) -> dict[str, float]:
+    """Train ``warmup + steps`` steps and time each (in a child process, with the cache pointed at ``workdir``)."""
+    from anomalib.data import MVTecAD
+    from anomalib.engine import Engine
+    from lightning.pytorch import Callback, seed_everything
+
+    from efficientad_plugin import EfficientAdPlugin
+    from efficientad_plugin.speed import peak_memory_mib
+
+    class StepTimer(Callback):
+        def __init__(self) -> None:
+            self.times: list[float] = []
+
+        def on_train_batch_start(self, *args: object) -> None:
+            self.start = time.perf_counter()
+
+        def on_train_batch_end(self, *args: object) -> None:
+            self.times.append(time.perf_counter() - self.start)
+
+    seed_everything(0)
+    total = warmup + steps
+    teacher = workdir / "cache" / "anomalib" / "pre_trained" / "efficientad_pretrained_weights"
+    if model_name == "EfficientAdPlugin":
+        model = EfficientAdPlugin(teacher_weights=str(teacher / "pretrained_teacher_small.pth"),
+                                  penalty_dir=str(workdir / "penalty"), max_steps=total)
+    else:
+        from anomalib.models import EfficientAd
+
+        model = EfficientAd(imagenet_dir=workdir / "penalty")
+    datamodule = MVTecAD(root=workdir / "data", category="synthetic", train_batch_size=1, eval_batch_size=4,
+                         num_workers=0, val_split_mode="from_train", val_split_ratio=0.1, seed=0)
+    timer = StepTimer()
+    engine = Engine(default_root_dir=workdir / "runs" / model_name, logger=False, enable_progress_bar=False,
+                    callbacks=[timer], precision=precision, max_steps=total, num_sanity_val_steps=0,
+                    accelerator="cpu", devices=1)
+    engine.fit(model, datamodule)
+    median = statistics.median(timer.times[warmup:])
+    return {"steps_per_second": 1 / median, "seconds_per_step": median, "steps_timed": len(timer.times[warmup:]),
+            "hours_for_70k_steps": PAPER_STEPS * median / 3600, "peak_memory_mib": peak_memory_mib()}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Run every model at every precision in its own process; print a table and the ratios; write JSON."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=20, help="timed training steps per variant (default: 20)")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed first steps (default: 3)")
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--precisions", nargs="+", default=["32"], help="Lightning precisions, e.g. 32 bf16-mixed")
+    parser.add_argument("--output", type=Path, help="JSON file for the results")
+    parser.add_argument("--variant", nargs=4, help=argparse.SUPPRESS)  # internal: model precision workdir result
+    args = parser.parse_args(argv)
+    if args.variant:
+        model_name, precision, workdir, result = args.variant
+        Path(result).write_text(json.dumps(run_variant(model_name, precision, Path(workdir), args.steps,
+                                                       args.warmup)))
+        return {}
+    results: dict[str, dict[str, float]] = {}
+    with tempfile.TemporaryDirectory() as folder:
+        workdir = Path(folder)
+        _prepare(workdir, args.size)
+        environment = {**os.environ, "XDG_CACHE_HOME": str(workdir / "cache")}
+        for precision in args.precisions:
+            for model_name in MODELS:
+                result = workdir / f"{model_name}_{precision}.json"
+                command = [sys.executable, __file__, "--steps", str(args.steps), "--warmup", str(args.warmup),
+                           "--variant", model_name, precision, str(workdir), str(result)]
+                process = subprocess.run(command, env=environment, capture_output=True, text=True, check=False)
+                if process.returncode != 0:
+                    msg = f"{model_name} at precision {precision} failed:\n{process.stderr[-3000:]}"
+                    raise RuntimeError(msg)
+                results[f"{model_name} {precision}"] = json.loads(result.read_text())
+                print(f"{model_name} {precision}: {results[f'{model_name} {precision}']}", file=sys.stderr)
+    print("| variant | steps/s | s/step | 70,000 steps (h) | peak memory (MiB) |\n|---|---:|---:|---:|---:|")
+    for name, result in results.items():
+        print(f"| {name} | {result['steps_per_second']:.3f} | {result['seconds_per_step']:.2f} "
+              f"| {result['hours_for_70k_steps']:.1f} | {result['peak_memory_mib']:.0f} |")
+    stock_fp32 = results.get("EfficientAd 32", {}).get("steps_per_second")
+    ratios = {}
+    for precision in args.precisions:
+        plugin = results[f"EfficientAdPlugin {precision}"]["steps_per_second"]
+        ratios[f"plugin {precision} / stock {precision} steps per second"] = (
+            plugin / results[f"EfficientAd {precision}"]["steps_per_second"])
+        if stock_fp32:
+            ratios[f"plugin {precision} / stock 32 steps per second"] = plugin / stock_fp32
+    for name, value in ratios.items():
+        print(f"{name}: {value:.2f}")
+    report = {"steps": args.steps, "warmup": args.warmup, "size": args.size, "results": results, "ratios": ratios}
+    if args.output:
+        args.output.write_text(json.dumps(report, indent=2))
+    return report
+
+
+if __name__ == "__main__":
+    main()
