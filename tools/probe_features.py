@@ -20,7 +20,7 @@ from torch.nn import functional as F  # noqa: N812
 
 from efficientad_plugin.backbones import LITE_MODELS, lite_weights_file
 from efficientad_plugin.distillation import FeatureTarget, load_backbone
-from efficientad_plugin.evaluation import auroc, mvtec_test_images
+from efficientad_plugin.evaluation import auroc, defect_mask, mvtec_test_images
 from efficientad_plugin.images import list_images, read_rgb
 from efficientad_plugin.pdn import PatchDescriptionNetwork, load_pdn_state_dict
 from efficientad_plugin.teacher_weights import load_teacher_state_dict
@@ -59,10 +59,7 @@ def probe(category: str | Path, extractor: Extractor, seed: int = 0) -> dict[str
         maps.append(F.interpolate(distances, size=image.shape[-2:], mode="bilinear")[0, 0])
         scores.append(distances.max())
         labels.append(test_image.label)
-        if test_image.mask is None:
-            masks.append(torch.full(maps[-1].shape, bool(test_image.label)))
-        else:
-            masks.append(read_rgb(test_image.mask)[0] > 0.5)
+        masks.append(torch.from_numpy(defect_mask(test_image, tuple(maps[-1].shape))))
     return {"image_AUROC": auroc(torch.stack(scores), torch.tensor(labels)),
             "pixel_AUROC": auroc(torch.stack(maps), torch.stack(masks))}
 

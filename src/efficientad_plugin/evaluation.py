@@ -38,7 +38,8 @@ def mvtec_test_images(category: str | Path) -> list[TestImage]:
     return test_images
 
 
-def _mask(test_image: TestImage, shape: tuple[int, int]) -> np.ndarray:
+def defect_mask(test_image: TestImage, shape: tuple[int, int]) -> np.ndarray:
+    """The image's defect mask at ``shape``: its mask file, else all ones (defective) or zeros (good)."""
     if test_image.mask is None:
         return np.full(shape, bool(test_image.label))  # a defective image without a mask: every pixel counts
     with Image.open(test_image.mask) as mask:
@@ -67,6 +68,6 @@ def evaluate_detector(detector: OpenVinoDetector, category: str | Path) -> dict[
     scores = torch.tensor([prediction.score for prediction in predictions])
     labels = torch.tensor([image.label for image in test_images])
     maps = torch.stack([torch.from_numpy(prediction.anomaly_map) for prediction in predictions])
-    masks = torch.stack([torch.from_numpy(_mask(image, prediction.anomaly_map.shape))
+    masks = torch.stack([torch.from_numpy(defect_mask(image, prediction.anomaly_map.shape))
                          for image, prediction in zip(test_images, predictions, strict=True)])
     return {"image_AUROC": auroc(scores, labels), "pixel_AUROC": auroc(maps, masks)}
