@@ -110,3 +110,13 @@ def test_colour_image_changes_in_one_of_three_ways() -> None:
         assert distances[best] < 2e-3, (colour, distances)
         used[best] += 1
     assert set(used) == set(adjustments), used
+
+
+def test_generator_makes_the_draw_independent_of_the_global_rng(image: torch.Tensor) -> None:
+    torch.manual_seed(0)
+    first = random_color_adjustment(image, torch.Generator().manual_seed(7))
+    torch.manual_seed(1)
+    assert torch.equal(random_color_adjustment(image, torch.Generator().manual_seed(7)), first)
+    outputs = {tuple(random_color_adjustment(image, torch.Generator().manual_seed(seed))[0, 0, 0, :2].tolist())
+               for seed in range(6)}
+    assert len(outputs) > 1

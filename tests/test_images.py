@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from anomalib.data.utils import read_image
 from PIL import Image
 
 from efficientad_plugin.images import ImageReadError, list_images, read_rgb
@@ -142,7 +143,7 @@ def test_read_rgb_16_bit_tiff(tmp_path: Path) -> None:
     assert tensor[:, 0, 0].tolist() == [1.0, 1.0, 1.0]
 
 
-def test_read_rgb_exif_rotation(tmp_path: Path) -> None:
+def test_read_rgb_ignores_exif_rotation_as_anomalib_training_does(tmp_path: Path) -> None:
     array = np.zeros((20, 40, 3), dtype=np.uint8)  # 20 high, 40 wide
     array[:, :20] = (255, 0, 0)  # left half red
     array[:, 20:] = (0, 0, 255)  # right half blue
@@ -150,10 +151,9 @@ def test_read_rgb_exif_rotation(tmp_path: Path) -> None:
     exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to display
     path = _save(tmp_path / "photo.jpg", Image.fromarray(array), exif=exif, quality=95)
     tensor = read_rgb(path)
-    _check(tensor, 40, 20)  # height and width swapped
-    # rotated clockwise: the left (red) half is now on top
-    assert tensor[0, 5, 10] > 0.9 and tensor[2, 5, 10] < 0.1
-    assert tensor[2, 35, 10] > 0.9 and tensor[0, 35, 10] < 0.1
+    _check(tensor, 20, 40)  # as stored
+    assert tensor[0, 10, 5] > 0.9 and tensor[2, 10, 5] < 0.1
+    assert torch.allclose(tensor, read_image(path, as_tensor=True))
 
 
 def test_read_rgb_jpeg_without_exif_keeps_orientation(tmp_path: Path) -> None:

@@ -8,6 +8,8 @@ import torch
 from torchvision.transforms.v2 import functional as TF  # noqa: N812
 
 from .images import list_images, read_rgb
+from .input_checks import check_samples
+from .randomness import PENALTY_STREAM, step_generator
 
 GRAYSCALE_PROBABILITY = 0.3
 BUNDLED = "bundled"
@@ -30,6 +32,7 @@ class PenaltyImages:
     def __init__(self, folder: str | Path, image_size: tuple[int, int]) -> None:
         self.folder = resolve_penalty_dir(folder)
         self.paths = list_images(self.folder)
+        check_samples(((path, None) for path in self.paths), decode_only=True)  # not at step 40,000
         self.image_size = image_size
 
     def __len__(self) -> int:
@@ -37,7 +40,7 @@ class PenaltyImages:
 
     def sample(self, step: int, seed: int) -> torch.Tensor:
         """The penalty image of training step ``step``: ``[1, 3, H, W]`` in [0, 1]."""
-        generator = torch.Generator().manual_seed((seed * 1_000_003 + step) % 2**63)
+        generator = step_generator(seed, step, PENALTY_STREAM)
         index = int(torch.randint(len(self.paths), (1,), generator=generator))
         to_gray = bool(torch.rand(1, generator=generator) < GRAYSCALE_PROBABILITY)
         height, width = self.image_size
