@@ -23,17 +23,26 @@ class TestImage:
     mask: Path | None
 
 
-def mvtec_test_images(category: str | Path) -> list[TestImage]:
-    """``<category>/test/good`` (normal) and every other ``test/<defect>`` folder, masks from ``ground_truth``."""
+def mvtec_split_images(category: str | Path, split: str = "test") -> list[TestImage]:
+    """Every ``<category>/<split>/<type>`` folder's images: ``good`` normal, other types defective, with masks.
+
+    A defective image's mask is ``ground_truth/<type>/<stem>_mask.png`` when that file exists.
+    """
     category = Path(category)
-    test_images = []
-    for folder in sorted(path for path in (category / "test").iterdir() if path.is_dir()):
+    images = []
+    for folder in sorted(path for path in (category / split).iterdir() if path.is_dir()):
         label = int(folder.name != "good")
         for path in list_images(folder):
             mask = category / "ground_truth" / folder.name / f"{path.stem}_mask.png"
-            test_images.append(TestImage(path, label, mask if label and mask.is_file() else None))
+            images.append(TestImage(path, label, mask if label and mask.is_file() else None))
+    return images
+
+
+def mvtec_test_images(category: str | Path) -> list[TestImage]:
+    """``<category>/test/good`` (normal) and every other ``test/<defect>`` folder, masks from ``ground_truth``."""
+    test_images = mvtec_split_images(category, "test")
     if not any(image.label for image in test_images) or all(image.label for image in test_images):
-        msg = f"{category / 'test'} needs both good and defective images to measure AUROC."
+        msg = f"{Path(category) / 'test'} needs both good and defective images to measure AUROC."
         raise ValueError(msg)
     return test_images
 

@@ -1,0 +1,91 @@
+"""Model checks that read the checkpoint alone: training budget, learning-rate decay, teacher, fitted statistics."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from ..lightning_model import LR_DECAY_AT
+from ..teacher_weights import UNTRAINED, is_paper_teacher
+from .findings import Section, Severity
+
+PAPER_STEPS = 70_000  # the paper trains 70,000 steps at batch 1
+FEW_STEPS = 10_000  # below this the student and autoencoder are far from converged (near chance in our runs)
+_QUANTILES = {"local (student-teacher)": "model.anomaly_map_generator.st_quantiles",
+              "global (autoencoder)": "model.anomaly_map_generator.ae_quantiles"}
+
+
+def _learning_rate(checkpoint: dict[str, Any]) -> float | None:
+    try:
+        return float(checkpoint["optimizer_states"][0]["param_groups"][0]["lr"])
+    except (KeyError, IndexError, TypeError):
+        return None  # a weights-only checkpoint
+
+
+def check_training(section: Section, checkpoint: dict[str, Any]) -> None:
+    """Steps trained against ``max_steps`` and the paper's 70,000, and whether the learning rate dropped."""
+    hyper_parameters = checkpoint.get("hyper_parameters", {})
+    steps, max_steps = int(checkpoint.get("global_step", 0)), int(hyper_parameters.get("max_steps", PAPER_STEPS))
+    decay_step = max(1, int(LR_DECAY_AT * max_steps))
+    learning_rate, initial = _learning_rate(checkpoint), float(hyper_parameters.get("lr", 1e-4))
+    decayed = learning_rate < initial if learning_rate is not None else steps > decay_step
+    section.facts["training"] = {"steps": steps, "max_steps": max_steps, "paper_steps": PAPER_STEPS,
+                                 "lr_decay_step": decay_step, "final_lr": learning_rate, "lr_decayed": decayed}
+    if steps < max_steps:
+        section.add(Severity.WARNING, "interrupted run",
+                    f"The checkpoint has {steps:,} of its {max_steps:,} steps: the run stopped early.",
+                    "Resume it: anomalib train ... --ckpt_path <run>/weights/lightning/last_step.ckpt.")
+    if steps < PAPER_STEPS:
+        severity = Severity.ERROR if steps < FEW_STEPS else Severity.WARNING
+        section.add(severity, "training budget",
+                    f"Trained {steps:,} steps, {steps / PAPER_STEPS:.1%} of the paper's {PAPER_STEPS:,}: the "
+                    f"student and autoencoder are not converged, and the autoencoder learns slowest.",
+                    f"Train with --model.max_steps {PAPER_STEPS}.")
+    if not decayed:
+        section.add(Severity.WARNING, "learning-rate decay",
+                    f"The learning rate never dropped (x0.1 at step {decay_step:,}, 95 % of max_steps): the paper's "
+                    f"last 5 % of steps at the lower rate settle the student and the autoencoder.",
+                    "Let the run finish (or resume it) so that it passes the decay step.")
+
+
+def check_teacher(section: Section, checkpoint: dict[str, Any]) -> None:
+    """Which teacher the run used, and whether it trained with the pretraining penalty."""
+    hyper_parameters = checkpoint.get("hyper_parameters", {})
+    teacher = str(hyper_parameters.get("teacher_weights", "DEFAULT"))
+    model_size = str(hyper_parameters.get("model_size", "small"))
+    penalty = hyper_parameters.get("penalty_dir", "bundled")
+    section.facts["teacher"] = {"teacher_weights": teacher, "model_size": model_size,
+                                "penalty_dir": None if penalty is None else str(penalty)}
+    try:
+        paper = is_paper_teacher(teacher, model_size)
+    except (FileNotFoundError, ValueError):
+        paper = False  # a teacher file that has moved since training: not a known entry either way
+    if teacher == UNTRAINED:
+        section.add(Severity.ERROR, "teacher", "The teacher is random (teacher_weights='untrained').",
+                    "Train with --model.teacher_weights DEFAULT (the paper's teacher) or a distilled .pth.")
+    elif not paper:
+        section.add(Severity.WARNING, "teacher",
+                    f"The teacher is {teacher}, not the paper's (distilled from WideResNet-101-2 on ImageNet); "
+                    f"every feature the student learns comes from it.",
+                    "Train with --model.teacher_weights DEFAULT, or probe teachers first with "
+                    "tools/probe_features.py (docs/teachers.md).")
+    if penalty is None:
+        section.add(Severity.WARNING, "penalty",
+                    "Trained without the pretraining penalty (penalty_dir None), which costs accuracy, most of all "
+                    "on logical anomalies.", "Pass --model.penalty_dir with a folder of ImageNet/Imagenette images.")
+
+
+def check_statistics(section: Section, checkpoint: dict[str, Any]) -> None:
+    """The fitted map quantiles q_a (-> 0) and q_b (-> 0.1) of each branch, and the teacher's statistics."""
+    state = checkpoint["state_dict"]
+    quantiles = {name: [float(value) for value in state[key]] for name, key in _QUANTILES.items() if key in state}
+    section.facts["quantiles"] = {name: {"q_a (0.9)": values[0], "q_b (0.995)": values[1]}
+                                  for name, values in quantiles.items()}
+    threshold = state.get("post_processor._image_threshold")
+    section.facts["image_threshold"] = None if threshold is None or threshold.isnan() else float(threshold)
+    unfitted = [name for name, values in quantiles.items() if any(math.isnan(value) for value in values)]
+    teacher_mean = state.get("model.teacher_mean")
+    if unfitted or len(quantiles) < len(_QUANTILES) or teacher_mean is None or teacher_mean.isnan().any():
+        section.add(Severity.ERROR, "normalisation",
+                    "The checkpoint's map quantiles or teacher statistics were never fitted.",
+                    "Use the model.ckpt written at the end of training, not one saved before its validation.")
