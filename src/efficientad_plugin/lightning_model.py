@@ -19,10 +19,12 @@ from torchvision.transforms.v2 import Compose, Resize
 
 from .augmentation import random_color_adjustment
 from .autoencoder import check_image_size
-from .callbacks import StepCheckpoint
+from .callbacks import NonFiniteLossGuard, ResumableDataOrder, StepCheckpoint
+from .input_checks import check_datamodule
 from .loss import EfficientAdLoss
 from .pdn import check_model_size, load_pdn_state_dict
 from .penalty import BUNDLED, PenaltyImages
+from .randomness import AUGMENTATION_STREAM, step_generator
 from .teacher_weights import is_paper_teacher, load_teacher_state_dict
 from .torch_model import EfficientAdPluginModel
 
@@ -97,8 +99,8 @@ class EfficientAdPlugin(AnomalibModule):
         self.penalty_images: PenaltyImages | None = None
 
     def configure_callbacks(self) -> list[Callback]:
-        """anomalib's components, and a resumable checkpoint every ``checkpoint_every_n_steps`` steps."""
-        return [*super().configure_callbacks(), self.step_checkpoint]
+        """anomalib's components; a checkpoint every ``checkpoint_every_n_steps`` steps, exact resume, NaN guard."""
+        return [*super().configure_callbacks(), self.step_checkpoint, ResumableDataOrder(), NonFiniteLossGuard()]
 
     @classmethod
     def configure_pre_processor(cls, image_size: tuple[int, int] | None = None) -> PreProcessor:
@@ -142,7 +144,9 @@ class EfficientAdPlugin(AnomalibModule):
         return images.to(self.device)
 
     def on_fit_start(self) -> None:
-        """Check the validation split before anything loads: it is where the map normalisation is fitted."""
+        """Check the data before any training work: every file decodes, and the validation split fits the maps."""
+        if self.trainer.datamodule is not None:
+            check_datamodule(self.trainer.datamodule)
         val_split_mode = str(getattr(self.trainer.datamodule, "val_split_mode", ""))
         if val_split_mode.endswith(("none", "NONE")):
             raise ValueError(_NO_VALIDATION_IMAGES)
@@ -202,7 +206,9 @@ class EfficientAdPlugin(AnomalibModule):
         penalty = None
         if self.penalty_images is not None:
             penalty = self.penalty_images.sample(self.global_step, torch.initial_seed()).to(batch.image)
-        features = self.model.training_features(batch.image, random_color_adjustment(batch.image), penalty)
+        augmented = random_color_adjustment(batch.image, step_generator(torch.initial_seed(), self.global_step,
+                                                                        AUGMENTATION_STREAM))
+        features = self.model.training_features(batch.image, augmented, penalty)
         losses = self.loss(features)
         self.log_dict({f"train_{name}": value for name, value in losses.items()}, on_step=True, prog_bar=True)
         return losses["loss"]
