@@ -89,3 +89,21 @@ def load_tool() -> Callable[[str], ModuleType]:
         return module
 
     return load
+
+
+@pytest.fixture(scope="session")
+def trained_checkpoint(tmp_path_factory: pytest.TempPathFactory, teacher_file: Path) -> tuple[Path, Path]:
+    """A small category ``tiny`` (5 train, 2 good and 2 defect test images) and a ``model.ckpt`` trained 1 step on
+    it with anomalib's Engine, as ``(category folder, checkpoint)``."""
+    from anomalib.data import MVTecAD
+    from anomalib.engine import Engine
+
+    from efficientad_plugin import EfficientAdPlugin
+
+    root = tmp_path_factory.mktemp("trained")
+    category = generate_mvtec_dataset(root / "data", "tiny", num_train=5, num_test_good=2, num_test_defect=2, seed=1)
+    model = EfficientAdPlugin(teacher_weights=str(teacher_file), penalty_dir=None, max_steps=1)
+    datamodule = MVTecAD(root=root / "data", category="tiny", train_batch_size=1, eval_batch_size=4, num_workers=0,
+                         val_split_mode="from_train", val_split_ratio=0.2, seed=0)
+    Engine(default_root_dir=root / "results", logger=False, accelerator="cpu", devices=1).fit(model, datamodule)
+    return category, next((root / "results").rglob("weights/lightning/model.ckpt"))

@@ -42,6 +42,8 @@ def _jsonable(value: Any) -> Any:  # noqa: ANN401 (numpy scalars and paths in fa
 
 def _cell(value: Any) -> str:  # noqa: ANN401 (any fact)
     """A fact as HTML: dicts as nested tables, long lists cut, floats to 4 significant digits."""
+    if isinstance(value, dict | list | tuple) and not value:
+        return "none"
     if isinstance(value, dict):
         rows = "".join(f"<tr><th>{html.escape(str(key))}</th><td>{_cell(item)}</td></tr>"
                        for key, item in value.items())
@@ -49,7 +51,8 @@ def _cell(value: Any) -> str:  # noqa: ANN401 (any fact)
     if isinstance(value, list | tuple):
         shown = [_cell(item) for item in value[:SHOWN_ITEMS]]
         more = [f"... {len(value) - SHOWN_ITEMS} more (see summary.json)"] if len(value) > SHOWN_ITEMS else []
-        return "<br>".join(shown + more) if shown else "none"
+        separator = ", " if all(isinstance(item, int | float | str) for item in value) else "<br>"
+        return separator.join(shown + more)
     if isinstance(value, float):
         return f"{value:.4g}"
     return html.escape(str(value))

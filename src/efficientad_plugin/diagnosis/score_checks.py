@@ -100,7 +100,9 @@ def check_branches(section: Section, scored: Sequence[ScoredImage]) -> None:
     section.facts["maps_per_defect_type"] = table
 
 
-def _gallery(items: Sequence[ScoredImage], vmax: float) -> bytes:
+def _gallery(items: Sequence[ScoredImage]) -> bytes:
+    """The items on one colour scale, up to their highest score, so that each gallery's hot spots show."""
+    vmax = max(max(item.score for item in items), 1e-6)
     return gallery_png([GalleryItem(item.pixels, item.anomaly_map, f"{item.image.path.name}\n{item.score:.3g}")
                         for item in items], vmax)
 
@@ -109,15 +111,13 @@ def check_galleries(section: Section, scored: Sequence[ScoredImage]) -> None:
     """The highest-scored normal images and the lowest-scored defective images, with their anomaly maps."""
     normal = sorted(held_out_normals(scored), key=lambda item: item.score, reverse=True)[:GALLERY_SIZE]
     defective = sorted((item for item in scored if item.image.label), key=lambda item: item.score)[:GALLERY_SIZE]
-    vmax = max([item.score for item in (*normal, *defective)] + [1e-6])
     section.facts["worst_false_positives"] = {str(item.image.path): item.score for item in normal}
     section.facts["worst_false_negatives"] = {str(item.image.path): item.score for item in defective}
     if normal:
-        section.figures.append(Figure("Worst false positives: the highest-scored normal images.",
-                                      _gallery(normal, vmax)))
+        section.figures.append(Figure("Worst false positives: the highest-scored normal images.", _gallery(normal)))
     if defective:
         section.figures.append(Figure("Worst false negatives: the lowest-scored defective images.",
-                                      _gallery(defective, vmax)))
+                                      _gallery(defective)))
 
 
 def border_shares(maps: np.ndarray, band: float = BORDER_BAND) -> tuple[float, float, float]:
