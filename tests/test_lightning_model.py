@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 import pickle
 from pathlib import Path
 
 import pytest
 import torch
-from anomalib.data import MVTecAD
+from anomalib.data import ImageBatch, MVTecAD
 from anomalib.engine import Engine
+from lightning.pytorch import Callback, LightningModule, Trainer, seed_everything
 
 from efficientad_plugin import EfficientAdPlugin
+from efficientad_plugin.data import generate_mvtec_dataset
 
 
 def _datamodule(root: Path, **overrides: object) -> MVTecAD:
@@ -26,7 +29,7 @@ def _engine(tmp_path: Path) -> Engine:
 @pytest.mark.parametrize(
     ("arguments", "message"),
     [({"image_size": 224}, "256"), ({"image_size": (256, 255)}, "256"), ({"model_size": "large"}, "small"),
-     ({"max_steps": 0}, "max_steps")],
+     ({"max_steps": 0}, "max_steps"), ({"teacher_cache_mib": -1}, "teacher_cache_mib")],
 )
 def test_bad_arguments_fail_at_construction(arguments: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
@@ -139,3 +142,105 @@ def test_step_checkpoint_is_written_every_n_steps_and_resumes(synthetic_root: Pa
 def test_checkpoint_interval_must_be_positive() -> None:
     with pytest.raises(ValueError, match="checkpoint_every_n_steps"):
         EfficientAdPlugin(teacher_weights="untrained", checkpoint_every_n_steps=0)
+
+
+class StepRecorder(Callback):
+    """Per training step: the logged losses, the image, and how often the teacher ran."""
+
+    def __init__(self) -> None:
+        self.losses: list[dict[str, float]] = []
+        self.loss_dtypes: list[torch.dtype] = []
+        self.images: list[str] = []
+        self.teacher_calls: list[int] = []
+        self.in_step = False
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        del trainer
+        pl_module.model.teacher.register_forward_hook(lambda *_: self._count())
+
+    def _count(self) -> None:
+        if self.in_step:  # not the statistics pass, not validation
+            self.teacher_calls[-1] += 1
+
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: ImageBatch, *_) -> None:
+        del trainer, pl_module
+        self.images.append(Path(batch.image_path[0]).name)
+        self.teacher_calls.append(0)
+        self.in_step = True
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: dict, *_) -> None:
+        del pl_module
+        self.in_step = False
+        self.loss_dtypes.append(outputs["loss"].dtype)
+        self.losses.append({name: float(value) for name, value in trainer.callback_metrics.items()
+                            if name.startswith("train_")})
+
+
+def test_teacher_cache_reuses_outputs_from_the_second_epoch_with_unchanged_losses(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    generate_mvtec_dataset(tmp_path / "data", num_train=3, num_test_good=1, num_test_defect=1, seed=0)
+    runs = {}
+    for budget in (1024, 0):
+        seed_everything(0)
+        recorder = StepRecorder()
+        model = EfficientAdPlugin(teacher_weights="untrained", penalty_dir=None, max_steps=3,
+                                  teacher_cache_mib=budget, evaluator=False, visualizer=False)
+        engine = Engine(default_root_dir=tmp_path / str(budget), logger=False, accelerator="cpu", devices=1,
+                        callbacks=[recorder])
+        with caplog.at_level(logging.INFO, logger="efficientad_plugin"), pytest.warns(UserWarning):
+            engine.fit(model, _datamodule(tmp_path / "data", val_split_ratio=0.34))  # 2 train, 1 val image
+        assert model.teacher_cache is None  # freed when training ends
+        runs[budget] = recorder
+    cached, uncached = runs[1024], runs[0]
+    assert cached.images == uncached.images and cached.images[2] in cached.images[:2]
+    assert cached.teacher_calls == [2, 2, 1]  # step 3 sees an image of epoch 1: only the augmented pass is left
+    assert uncached.teacher_calls == [2, 2, 2]
+    assert len(cached.losses) == 3 and set(cached.losses[0]) >= {"train_loss", "train_loss_hard", "train_loss_ae"}
+    assert cached.losses == uncached.losses  # exactly
+    messages = [record.message for record in caplog.records if record.message.startswith("Teacher cache")]
+    assert messages[0].startswith("Teacher cache on: up to 1024 MiB")
+    assert messages[1] == ("Teacher cache off: teacher_cache_mib is 0; the teacher runs on every training image at "
+                           "every step.")
+
+
+def test_evaluation_stays_fp32_under_mixed_precision() -> None:
+    model = EfficientAdPlugin(teacher_weights="untrained")
+    model.model.teacher_mean.zero_()
+    model.model.teacher_std.fill_(1.0)
+    model.model.anomaly_map_generator.st_quantiles.copy_(torch.tensor([0.0, 0.5]))
+    model.model.anomaly_map_generator.ae_quantiles.copy_(torch.tensor([0.0, 0.2]))
+    model.eval()
+    image = torch.rand(1, 3, 256, 256, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = model.validation_step(ImageBatch(image=image.clone()), 0)
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # what --trainer.precision bf16-mixed wraps steps in
+            predicted = model.predict_step(ImageBatch(image=image.clone()), 0)
+    assert predicted.anomaly_map.dtype == predicted.pred_score.dtype == torch.float32
+    assert torch.equal(predicted.anomaly_map, expected.anomaly_map)
+    assert torch.equal(predicted.pred_score, expected.pred_score)
+
+
+def _native_bf16() -> bool:
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    return torch.ops.mkldnn._is_mkldnn_bf16_supported()  # AVX-512-BF16 or AMX; otherwise bf16 is emulated
+
+
+@pytest.mark.skipif(not _native_bf16(), reason="no native bf16 here: one emulated bf16 training step takes ~10 min")
+def test_bf16_mixed_fit_keeps_losses_statistics_and_quantiles_fp32(tmp_path: Path) -> None:
+    generate_mvtec_dataset(tmp_path / "data", num_train=3, num_test_good=1, num_test_defect=1, seed=0)
+    recorder = StepRecorder()
+    model = EfficientAdPlugin(teacher_weights="untrained", penalty_dir=None, max_steps=1, evaluator=False,
+                              visualizer=False)
+    accelerator = "gpu" if torch.cuda.is_available() else "cpu"
+    engine = Engine(default_root_dir=tmp_path, logger=False, accelerator=accelerator, devices=1,
+                    precision="bf16-mixed", callbacks=[recorder])
+    with pytest.warns(UserWarning):
+        engine.fit(model, _datamodule(tmp_path / "data", val_split_ratio=0.34))
+    assert engine.trainer.global_step == 1
+    assert recorder.loss_dtypes == [torch.float32]
+    assert all(torch.isfinite(torch.tensor(list(recorder.losses[0].values()))))
+    generator = model.model.anomaly_map_generator
+    for buffer in (model.model.teacher_mean, model.model.teacher_std, generator.st_quantiles, generator.ae_quantiles):
+        assert buffer.dtype == torch.float32 and torch.isfinite(buffer).all()

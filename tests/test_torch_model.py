@@ -302,3 +302,39 @@ def test_batched_half_width_student_pass_matches_separate_full_passes(model: Eff
         torch.testing.assert_close(losses[name], reference[name], atol=1e-6, rtol=1e-5)
     for gradient, expected in zip(gradients, reference_gradients, strict=True):
         torch.testing.assert_close(gradient, expected, atol=1e-6, rtol=1e-4)
+
+
+def test_a_known_teacher_output_replaces_the_teacher_pass_on_the_training_images(
+    model: EfficientAdPluginModel, train_run
+) -> None:
+    """What the teacher cache relies on: the same losses, one teacher pass fewer (the augmented image's remains)."""
+    images, augmented, _ = train_run
+    teacher = model.teacher_features(images)
+    assert teacher.dtype == torch.float32 and not teacher.requires_grad
+    model.train()  # the autoencoder's dropout draws from the global generator: the cache must not shift it
+    recorder = Recorder(teacher=model.teacher)
+    try:
+        torch.manual_seed(8)
+        features = model.training_features(images, augmented, None)
+        torch.manual_seed(8)
+        cached = model.training_features(images, augmented, None, teacher)
+    finally:
+        recorder.remove()
+        model.eval()
+    assert torch.equal(features.teacher, teacher) and cached.teacher is teacher
+    shapes = [tuple(seen.shape) for seen in recorder.inputs["teacher"]]
+    assert shapes == [tuple(images.shape), tuple(augmented.shape), tuple(augmented.shape)]
+    losses, expected = EfficientAdLoss()(cached), EfficientAdLoss()(features)
+    for name in expected:
+        assert torch.equal(losses[name], expected[name]), name
+
+
+def test_teacher_statistics_stay_fp32_under_mixed_precision() -> None:
+    batches = [torch.rand(2, 3, 40, 40, generator=torch.Generator().manual_seed(7))]
+    reference, mixed = _new_model(), _new_model()
+    reference.fit_teacher_statistics(batches)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed.fit_teacher_statistics(batches)
+    assert mixed.teacher_mean.dtype == mixed.teacher_std.dtype == torch.float32
+    assert torch.equal(mixed.teacher_mean, reference.teacher_mean)
+    assert torch.equal(mixed.teacher_std, reference.teacher_std)

@@ -25,6 +25,7 @@ from .loss import EfficientAdLoss
 from .pdn import check_model_size, load_pdn_state_dict
 from .penalty import BUNDLED, PenaltyImages
 from .randomness import AUGMENTATION_STREAM, step_generator
+from .teacher_cache import TeacherCache, uncacheable_reason
 from .teacher_weights import is_paper_teacher, load_teacher_state_dict
 from .torch_model import EfficientAdPluginModel
 
@@ -53,6 +54,8 @@ class EfficientAdPlugin(AnomalibModule):
         weight_decay: Adam weight decay.
         checkpoint_every_n_steps: save a resumable ``last_step.ckpt`` beside ``model.ckpt`` this often, so that an
             interrupted run loses at most this many steps (resume with ``--ckpt_path``).
+        teacher_cache_mib: memory for the teacher's outputs on the training images, computed once and reused in
+            later epochs when the training data is not randomly augmented; ``0`` turns the cache off.
         pre_processor, post_processor, evaluator, visualizer: anomalib components, or ``True`` for the defaults.
     """
 
@@ -66,6 +69,7 @@ class EfficientAdPlugin(AnomalibModule):
         lr: float = 1e-4,
         weight_decay: float = 1e-5,
         checkpoint_every_n_steps: int = 5_000,
+        teacher_cache_mib: float = 1024,
         pre_processor: PreProcessor | bool = True,
         post_processor: torch.nn.Module | bool = True,
         evaluator: Any = True,  # noqa: ANN401 (anomalib's Evaluator | bool)
@@ -75,6 +79,9 @@ class EfficientAdPlugin(AnomalibModule):
         check_model_size(model_size)
         if max_steps < 1:
             msg = f"max_steps must be a positive number of training steps, got {max_steps}."
+            raise ValueError(msg)
+        if teacher_cache_mib < 0:
+            msg = f"teacher_cache_mib must be 0 (no cache) or a positive number of MiB, got {teacher_cache_mib}."
             raise ValueError(msg)
         step_checkpoint = StepCheckpoint(checkpoint_every_n_steps)
         if pre_processor is True:
@@ -94,6 +101,8 @@ class EfficientAdPlugin(AnomalibModule):
         self.weight_decay = weight_decay
         self.checkpoint_every_n_steps = checkpoint_every_n_steps
         self.step_checkpoint = step_checkpoint
+        self.teacher_cache_mib = teacher_cache_mib
+        self.teacher_cache: TeacherCache | None = None
         self.model = EfficientAdPluginModel(model_size, image_size)
         self.loss = EfficientAdLoss()
         self.penalty_images: PenaltyImages | None = None
@@ -199,6 +208,22 @@ class EfficientAdPlugin(AnomalibModule):
         if not self.model.has_teacher_statistics:  # a fresh run; a resumed one has both in its checkpoint
             self._prepare_teacher()
             self.model.fit_teacher_statistics(self._images(batch) for batch in self.trainer.train_dataloader)
+        self.teacher_cache = self._new_teacher_cache()
+
+    def _new_teacher_cache(self) -> TeacherCache | None:
+        """A cache for this run's teacher outputs, or ``None``, with a log line saying why, when none can be used."""
+        reason = "teacher_cache_mib is 0" if self.teacher_cache_mib == 0 else uncacheable_reason(
+            getattr(self.trainer.train_dataloader, "dataset", None), self.pre_processor)
+        if reason:
+            logger.info("Teacher cache off: %s; the teacher runs on every training image at every step.", reason)
+            return None
+        logger.info("Teacher cache on: up to %g MiB of teacher outputs, reused after the first epoch.",
+                    self.teacher_cache_mib)
+        return TeacherCache(self.teacher_cache_mib)
+
+    def on_train_end(self) -> None:
+        """Free the teacher cache's memory: testing and export do not use it."""
+        self.teacher_cache = None
 
     def training_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
         """One step of Algorithm 1: hard loss, penalty, autoencoder and student-autoencoder losses."""
@@ -208,7 +233,10 @@ class EfficientAdPlugin(AnomalibModule):
             penalty = self.penalty_images.sample(self.global_step, torch.initial_seed()).to(batch.image)
         augmented = random_color_adjustment(batch.image, step_generator(torch.initial_seed(), self.global_step,
                                                                         AUGMENTATION_STREAM))
-        features = self.model.training_features(batch.image, augmented, penalty)
+        teacher = None
+        if self.teacher_cache is not None:
+            teacher = self.teacher_cache.lookup(batch.image_path, lambda: self.model.teacher_features(batch.image))
+        features = self.model.training_features(batch.image, augmented, penalty, teacher)
         losses = self.loss(features)
         self.log_dict({f"train_{name}": value for name, value in losses.items()}, on_step=True, prog_bar=True)
         return losses["loss"]
@@ -218,18 +246,23 @@ class EfficientAdPlugin(AnomalibModule):
         loaders = self.trainer.val_dataloaders
         st_maps, ae_maps = [], []
         self.model.eval()
-        for loader in loaders if isinstance(loaders, list | tuple) else [loaders]:
-            for batch in loader:
-                images = self._images(batch)
-                if batch.gt_label is not None:
-                    images = images[batch.gt_label.to(images.device) == 0]
-                if len(images):
-                    st_map, ae_map = self.model.raw_maps(images)
-                    st_maps.append(st_map)
-                    ae_maps.append(ae_map)
+        with self._full_precision():
+            for loader in loaders if isinstance(loaders, list | tuple) else [loaders]:
+                for batch in loader:
+                    images = self._images(batch)
+                    if batch.gt_label is not None:
+                        images = images[batch.gt_label.to(images.device) == 0]
+                    if len(images):
+                        st_map, ae_map = self.model.raw_maps(images)
+                        st_maps.append(st_map)
+                        ae_maps.append(ae_map)
         if not st_maps:
             raise ValueError(_NO_VALIDATION_IMAGES)
         self.model.anomaly_map_generator.fit(torch.cat(st_maps), torch.cat(ae_maps))
+
+    def _full_precision(self) -> torch.autocast:
+        """Mixed precision off: what fits or applies the map normalisation is fp32, like the export it ends up in."""
+        return torch.autocast(self.device.type, enabled=False)
 
     def on_validation_start(self) -> None:
         """Fit the map quantiles on the normal validation images after training (or when none are fitted yet)."""
@@ -237,9 +270,16 @@ class EfficientAdPlugin(AnomalibModule):
             self._fit_map_quantiles()
 
     def validation_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
-        """Predict with normalised maps; the post-processor fits thresholds and score ranges on these."""
+        """Normalised maps and scores, in fp32 also under mixed precision, as in the export.
+
+        The post-processor fits its thresholds and score ranges on the validation scores; test and predict run
+        the same way, so their scores are on that scale.
+        """
         del args, kwargs
-        return batch.update(**self.model(batch.image)._asdict())
+        with self._full_precision():
+            return batch.update(**self.model(batch.image)._asdict())
+
+    test_step = predict_step = validation_step
 
     def _require_fitted(self, action: str) -> None:
         if not self.model.anomaly_map_generator.is_fitted:

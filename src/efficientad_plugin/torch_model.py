@@ -50,15 +50,22 @@ class EfficientAdPluginModel(nn.Module):
 
     def _teacher_features(self, normalised_images: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            return (self.teacher(normalised_images) - self.teacher_mean) / self.teacher_std
+            # float(): under mixed precision the teacher may run in bf16; the normalised targets stay fp32
+            return (self.teacher(normalised_images).float() - self.teacher_mean) / self.teacher_std
+
+    def teacher_features(self, images: torch.Tensor) -> torch.Tensor:
+        """The teacher's output on images in [0, 1], normalised per channel (fp32, no gradient)."""
+        return self._teacher_features(self._imagenet_normalise(images))
 
     @torch.no_grad()
     def fit_teacher_statistics(self, images: Iterable[torch.Tensor]) -> None:
         """Per-channel mean and std of the teacher over ``images``, accumulated as running sums in float64."""
         total = squares = None
         count = 0
+        device = self.teacher_mean.device
         for batch in images:
-            features = self.teacher(self._imagenet_normalise(batch.to(self.teacher_mean.device))).double()
+            with torch.autocast(device.type, enabled=False):  # fp32 statistics also in a mixed-precision run
+                features = self.teacher(self._imagenet_normalise(batch.to(device))).double()
             batch_sum, batch_squares = features.sum(dim=(0, 2, 3)), features.pow(2).sum(dim=(0, 2, 3))
             total = batch_sum if total is None else total + batch_sum
             squares = batch_squares if squares is None else squares + batch_squares
@@ -75,9 +82,16 @@ class EfficientAdPluginModel(nn.Module):
         images: torch.Tensor,
         augmented_images: torch.Tensor,
         penalty_images: torch.Tensor | None,
+        teacher: torch.Tensor | None = None,
     ) -> TrainingFeatures:
-        """Every network output the training losses need."""
+        """Every network output the training losses need, in fp32 also under mixed precision.
+
+        ``teacher`` is ``teacher_features(images)`` when it is already known (a cached output); the teacher's pass
+        on the augmented images is never cacheable, as the augmentation is drawn anew at every step.
+        """
         images = self._imagenet_normalise(images)
+        if teacher is None:
+            teacher = self._teacher_features(images)
         augmented_images = self._imagenet_normalise(augmented_images)
         # One student pass for all images; each gets only the channels its loss uses.
         inputs, channels = [images, augmented_images], [_TEACHER_MIMICKING, _AUTOENCODER_MIMICKING]
@@ -86,12 +100,12 @@ class EfficientAdPluginModel(nn.Module):
             channels.append(_TEACHER_MIMICKING)
         student, student_augmented, *student_penalty = self.student.partial_outputs(inputs, channels)
         return TrainingFeatures(
-            teacher=self._teacher_features(images),
-            student=student,
-            student_penalty=student_penalty[0] if student_penalty else None,
+            teacher=teacher,
+            student=student.float(),
+            student_penalty=student_penalty[0].float() if student_penalty else None,
             teacher_augmented=self._teacher_features(augmented_images),
-            autoencoder_augmented=self.autoencoder(augmented_images),
-            student_augmented=student_augmented,
+            autoencoder_augmented=self.autoencoder(augmented_images).float(),
+            student_augmented=student_augmented.float(),
         )
 
     def raw_maps(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
