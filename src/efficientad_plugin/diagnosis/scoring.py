@@ -46,8 +46,8 @@ class ScoredImage:
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """A Lightning checkpoint of ``EfficientAdPlugin`` (trusted: written by your own training run)."""
-    return torch.load(path, map_location="cpu", weights_only=False)
+    """A Lightning checkpoint of ``EfficientAdPlugin``, loaded as data only (tensors and plain values, no code)."""
+    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def model_from_checkpoint(checkpoint: dict[str, Any]) -> EfficientAdPluginModel:
