@@ -70,9 +70,9 @@ def test_resumed_run_redoes_the_lost_step_with_the_same_image_loss_and_schedule(
     reference = _steps(runs["uninterrupted"])
     resumed = _steps(runs["resumed"])
     assert [step["step"] for step in resumed] == list(range(KILL_AFTER_STEP, MAX_STEPS + 1))
-    assert [step["image"] for step in resumed] == [step["image"] for step in reference[KILL_AFTER_STEP - 1:]]
-    assert [step["loss"] for step in resumed] == pytest.approx([step["loss"] for step in reference[KILL_AFTER_STEP - 1:]],
-                                                               rel=1e-6)
+    redone = reference[KILL_AFTER_STEP - 1:]
+    assert [step["image"] for step in resumed] == [step["image"] for step in redone]
+    assert [step["loss"] for step in resumed] == pytest.approx([step["loss"] for step in redone], rel=1e-6)
 
 
 def test_resumed_model_equals_the_uninterrupted_one(runs: dict[str, Path]) -> None:
