@@ -15,6 +15,7 @@ from anomalib.pre_processing import PreProcessor
 from lightning.pytorch import Callback
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.types import STEP_OUTPUT
+from torch.utils.data import DataLoader
 from torchvision.transforms.v2 import Compose, Resize
 
 from .augmentation import random_color_adjustment
@@ -191,6 +192,16 @@ class EfficientAdPlugin(AnomalibModule):
                 logger.warning("Teacher %s is not the paper's (WideResNet-101-2 on ImageNet): results may differ "
                                "from the paper's.", description)
 
+    def _statistics_loader(self) -> DataLoader:
+        """The training images in file order, in a loader of their own.
+
+        Iterating the training loader here would move its checkpointed position and draw from the global RNG, so a
+        resumed run, which skips this pass, would see other images than an uninterrupted one.
+        """
+        loader = self.trainer.train_dataloader
+        return DataLoader(loader.dataset, batch_size=loader.batch_size, collate_fn=loader.collate_fn,
+                          num_workers=loader.num_workers)
+
     def on_train_start(self) -> None:
         """Check the data, then load the teacher, list the penalty images and compute the teacher statistics."""
         self._check_dataloaders()
@@ -207,7 +218,7 @@ class EfficientAdPlugin(AnomalibModule):
                 logger.info("The bundled penalty set is small; a folder of ImageNet/Imagenette images is better.")
         if not self.model.has_teacher_statistics:  # a fresh run; a resumed one has both in its checkpoint
             self._prepare_teacher()
-            self.model.fit_teacher_statistics(self._images(batch) for batch in self.trainer.train_dataloader)
+            self.model.fit_teacher_statistics(self._images(batch) for batch in self._statistics_loader())
         self.teacher_cache = self._new_teacher_cache()
 
     def _new_teacher_cache(self) -> TeacherCache | None:
