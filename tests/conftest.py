@@ -1,4 +1,4 @@
-"""Shared fixtures: generated data, a local teacher file and a penalty folder, all offline."""
+"""Shared fixtures: generated data, a local teacher file, a penalty folder and a tiny OpenVINO model, all offline."""
 
 from __future__ import annotations
 
@@ -9,9 +9,11 @@ from pathlib import Path
 from types import ModuleType
 
 import numpy as np
+import openvino as ov
 import pytest
 import timm
 import torch
+from openvino import opset13 as ops
 from PIL import Image
 
 from efficientad_plugin.data import generate_mvtec_dataset
@@ -19,6 +21,7 @@ from efficientad_plugin.pdn import PatchDescriptionNetwork
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PCB_ROOT = REPO_ROOT / "datasets" / "deeppcb_mini"
+TINY_SIZE = 32  # side of tiny_openvino_export's input and of noise_images
 
 
 @pytest.fixture(scope="session")
@@ -107,3 +110,29 @@ def trained_checkpoint(tmp_path_factory: pytest.TempPathFactory, teacher_file: P
                          val_split_mode="from_train", val_split_ratio=0.2, seed=0)
     Engine(default_root_dir=root / "results", logger=False, accelerator="cpu", devices=1).fit(model, datamodule)
     return category, next((root / "results").rglob("weights/lightning/model.ckpt"))
+
+
+@pytest.fixture(scope="session")
+def tiny_openvino_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Three convolutions and a ``pred_score`` in [0, 1], saved as an OpenVINO IR like an export."""
+    rng = np.random.default_rng(0)
+    image = ops.parameter([1, 3, TINY_SIZE, TINY_SIZE], np.float32, name="input")
+    features = image.output(0)
+    for channels_in, channels_out in ((3, 16), (16, 16), (16, 4)):
+        weights = rng.normal(0, (9 * channels_in) ** -0.5, (channels_out, channels_in, 3, 3)).astype(np.float32)
+        features = ops.relu(ops.convolution(features, ops.constant(weights), [1, 1], [1, 1], [1, 1], [1, 1]))
+    score = ops.sigmoid(ops.reduce_max(features, ops.constant(np.array([1, 2, 3])), keep_dims=False))
+    score.output(0).get_tensor().set_names({"pred_score"})
+    path = tmp_path_factory.mktemp("export") / "model.xml"
+    ov.save_model(ov.Model([score], [image]), str(path), compress_to_fp16=False)
+    return path
+
+
+@pytest.fixture(scope="session")
+def noise_images(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Eight 32x32 noise images standing in for images of normal parts (for tiny_openvino_export)."""
+    folder = tmp_path_factory.mktemp("good")
+    rng = np.random.default_rng(1)
+    for index in range(8):
+        Image.fromarray(rng.integers(0, 256, (TINY_SIZE, TINY_SIZE, 3), dtype=np.uint8)).save(folder / f"{index}.png")
+    return folder
