@@ -1,11 +1,13 @@
 """Training speed side by side: EfficientAdPlugin against anomalib's stock EfficientAd, same data, size, precision.
 
 Each variant trains in its own process on the same generated images (256x256 by default, batch 1, penalty on,
-same random teacher, offline): steps per second from the median wall time of a training step after --warmup steps
-(the teacher statistics pass and validation are not steps), peak resident memory, and the wall time a
-70,000-step run would take at that speed. Prints a table and the plugin/stock ratios; writes JSON.
+same random teacher, offline): steps per second from the median wall time of a training step after the warm-up
+(by default one epoch, so that the plugin's teacher cache is as full as in all but the first epoch of a real run;
+the teacher statistics pass and validation are not steps), peak resident memory, the 1-minute load average when the
+variant ends, and the wall time a 70,000-step run would take at that speed. Prints a table and the plugin/stock
+ratios; writes JSON.
 
-example: python tools/bench_train.py --steps 20 --precisions 32 bf16-mixed --output docs/bench_train.json
+example: python tools/bench_train.py --steps 25 --precisions 32 bf16-mixed --output docs/bench_train.json
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ PAPER_STEPS = 70_000
 MODELS = ("EfficientAdPlugin", "EfficientAd")
 
 
-def _prepare(workdir: Path, size: int) -> None:
+def _prepare(workdir: Path, size: int, train_images: int) -> None:
     """Generated data, a random PDN-S teacher where both models look for it, and a penalty folder of photos."""
     import shutil
 
@@ -34,7 +36,7 @@ def _prepare(workdir: Path, size: int) -> None:
     from efficientad_plugin.pdn import PatchDescriptionNetwork
     from efficientad_plugin.penalty import BUNDLED, PenaltyImages
 
-    generate_mvtec_dataset(workdir / "data", num_train=24, num_test_good=2, num_test_defect=2, seed=0,
+    generate_mvtec_dataset(workdir / "data", num_train=train_images, num_test_good=2, num_test_defect=2, seed=0,
                            image_size=(size, size))
     torch.manual_seed(0)
     teacher = workdir / "cache" / "anomalib" / "pre_trained" / "efficientad_pretrained_weights"
@@ -47,8 +49,12 @@ def _prepare(workdir: Path, size: int) -> None:
         shutil.copy(path, penalty / path.name)
 
 
-def run_variant(model_name: str, precision: str, workdir: Path, steps: int, warmup: int) -> dict[str, float]:
-    """Train ``warmup + steps`` steps and time each (in a child process, with the cache pointed at ``workdir``)."""
+def run_variant(model_name: str, precision: str, workdir: Path, steps: int, warmup: int | None,
+                accelerator: str) -> dict[str, float]:
+    """Train ``warmup + steps`` steps and time each (in a child process, with the cache pointed at ``workdir``).
+
+    ``warmup`` ``None`` is one epoch.
+    """
     from anomalib.data import MVTecAD
     from anomalib.engine import Engine
     from lightning.pytorch import Callback, seed_everything
@@ -67,6 +73,11 @@ def run_variant(model_name: str, precision: str, workdir: Path, steps: int, warm
             self.times.append(time.perf_counter() - self.start)
 
     seed_everything(0)
+    datamodule = MVTecAD(root=workdir / "data", category="synthetic", train_batch_size=1, eval_batch_size=4,
+                         num_workers=0, val_split_mode="from_train", val_split_ratio=0.1, seed=0)
+    if warmup is None:
+        datamodule.setup()
+        warmup = len(datamodule.train_data)
     total = warmup + steps
     teacher = workdir / "cache" / "anomalib" / "pre_trained" / "efficientad_pretrained_weights"
     if model_name == "EfficientAdPlugin":
@@ -76,53 +87,60 @@ def run_variant(model_name: str, precision: str, workdir: Path, steps: int, warm
         from anomalib.models import EfficientAd
 
         model = EfficientAd(imagenet_dir=workdir / "penalty")
-    datamodule = MVTecAD(root=workdir / "data", category="synthetic", train_batch_size=1, eval_batch_size=4,
-                         num_workers=0, val_split_mode="from_train", val_split_ratio=0.1, seed=0)
     timer = StepTimer()
     engine = Engine(default_root_dir=workdir / "runs" / model_name, logger=False, enable_progress_bar=False,
                     callbacks=[timer], precision=precision, max_steps=total, num_sanity_val_steps=0,
-                    accelerator="cpu", devices=1)
+                    accelerator=accelerator, devices=1)
     engine.fit(model, datamodule)
     median = statistics.median(timer.times[warmup:])
     return {"steps_per_second": 1 / median, "seconds_per_step": median, "steps_timed": len(timer.times[warmup:]),
-            "hours_for_70k_steps": PAPER_STEPS * median / 3600, "peak_memory_mib": peak_memory_mib()}
+            "warmup_steps": warmup, "hours_for_70k_steps": PAPER_STEPS * median / 3600,
+            "peak_memory_mib": peak_memory_mib(), "load_1min": os.getloadavg()[0]}
 
 
 def main(argv: list[str] | None = None) -> dict:
     """Run every model at every precision in its own process; print a table and the ratios; write JSON."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=20, help="timed training steps per variant (default: 20)")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed first steps (default: 3)")
+    parser.add_argument("--warmup", type=int, help="untimed first steps (default: one epoch)")
     parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--train-images", type=int, default=10, help="generated training images, 10 %% of them "
+                        "held out for validation (default: 10)")
+    parser.add_argument("--accelerator", default="cpu", help="Lightning accelerator (default: cpu)")
     parser.add_argument("--precisions", nargs="+", default=["32"], help="Lightning precisions, e.g. 32 bf16-mixed")
     parser.add_argument("--output", type=Path, help="JSON file for the results")
     parser.add_argument("--variant", nargs=4, help=argparse.SUPPRESS)  # internal: model precision workdir result
     args = parser.parse_args(argv)
+    if args.train_images < 10:
+        parser.error("--train-images must be at least 10: 10 % of them are held out for validation")
     if args.variant:
         model_name, precision, workdir, result = args.variant
         Path(result).write_text(json.dumps(run_variant(model_name, precision, Path(workdir), args.steps,
-                                                       args.warmup)))
+                                                       args.warmup, args.accelerator)))
         return {}
     results: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory() as folder:
         workdir = Path(folder)
-        _prepare(workdir, args.size)
+        _prepare(workdir, args.size, args.train_images)
         environment = {**os.environ, "XDG_CACHE_HOME": str(workdir / "cache")}
         for precision in args.precisions:
             for model_name in MODELS:
                 result = workdir / f"{model_name}_{precision}.json"
-                command = [sys.executable, __file__, "--steps", str(args.steps), "--warmup", str(args.warmup),
+                command = [sys.executable, __file__, "--steps", str(args.steps), "--accelerator", args.accelerator,
                            "--variant", model_name, precision, str(workdir), str(result)]
+                if args.warmup is not None:
+                    command += ["--warmup", str(args.warmup)]
                 process = subprocess.run(command, env=environment, capture_output=True, text=True, check=False)
                 if process.returncode != 0:
                     msg = f"{model_name} at precision {precision} failed:\n{process.stderr[-3000:]}"
                     raise RuntimeError(msg)
                 results[f"{model_name} {precision}"] = json.loads(result.read_text())
                 print(f"{model_name} {precision}: {results[f'{model_name} {precision}']}", file=sys.stderr)
-    print("| variant | steps/s | s/step | 70,000 steps (h) | peak memory (MiB) |\n|---|---:|---:|---:|---:|")
+    print("| variant | steps/s | s/step | 70,000 steps (h) | peak memory (MiB) | load |")
+    print("|---|---:|---:|---:|---:|---:|")
     for name, result in results.items():
         print(f"| {name} | {result['steps_per_second']:.3f} | {result['seconds_per_step']:.2f} "
-              f"| {result['hours_for_70k_steps']:.1f} | {result['peak_memory_mib']:.0f} |")
+              f"| {result['hours_for_70k_steps']:.1f} | {result['peak_memory_mib']:.0f} | {result['load_1min']:.1f} |")
     stock_fp32 = results.get("EfficientAd 32", {}).get("steps_per_second")
     ratios = {}
     for precision in args.precisions:
@@ -133,7 +151,8 @@ def main(argv: list[str] | None = None) -> dict:
             ratios[f"plugin {precision} / stock 32 steps per second"] = plugin / stock_fp32
     for name, value in ratios.items():
         print(f"{name}: {value:.2f}")
-    report = {"steps": args.steps, "warmup": args.warmup, "size": args.size, "results": results, "ratios": ratios}
+    report = {"steps": args.steps, "warmup": args.warmup, "size": args.size, "train_images": args.train_images,
+              "accelerator": args.accelerator, "results": results, "ratios": ratios}
     if args.output:
         args.output.write_text(json.dumps(report, indent=2))
     return report
