@@ -85,6 +85,10 @@ class Unknown(v2.Transform):
         return inpt
 
 
+class JitteredResize(v2.Resize):
+    """A subclass of a deterministic transform, which could add randomness."""
+
+
 RESIZE = v2.Resize((256, 256), antialias=True)
 
 
@@ -101,7 +105,8 @@ def test_deterministic_augmentations_allow_the_cache(augmentations: v2.Transform
     ("augmentations", "name"),
     [(v2.RandomHorizontalFlip(), "RandomHorizontalFlip"), (v2.ColorJitter(0.1), "ColorJitter"),
      (v2.Compose([RESIZE, v2.Compose([v2.RandomApply([v2.GaussianBlur(3)], p=0.0)])]), "RandomApply"),
-     (v2.Compose([RESIZE, Unknown()]), "Unknown"), (v2.Lambda(lambda image: image), "Lambda")],
+     (v2.Compose([RESIZE, Unknown()]), "Unknown"), (v2.Lambda(lambda image: image), "Lambda"),
+     (JitteredResize(256), "JitteredResize"), (v2.RandomOrder([RESIZE]), "RandomOrder")],
 )
 def test_random_or_unknown_augmentations_turn_the_cache_off(augmentations: v2.Transform, name: str) -> None:
     reason = uncacheable_reason(SimpleNamespace(augmentations=augmentations), None)

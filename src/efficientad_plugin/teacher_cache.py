@@ -15,18 +15,19 @@ from torchvision.transforms import v2
 logger = logging.getLogger(__name__)
 
 MIB = 2**20
-# Transforms known to map an image to the same output every time; anything else may be random.
-_DETERMINISTIC = (v2.Resize, v2.CenterCrop, v2.Pad, v2.Normalize, v2.Grayscale, v2.RGB, v2.ToDtype, v2.ToImage,
-                  v2.ToPureTensor, v2.Identity)
+# Transforms known to map an image to the same output every time; anything else may be random. Exact types only:
+# a subclass may add randomness.
+_DETERMINISTIC = {v2.Resize, v2.CenterCrop, v2.Pad, v2.Normalize, v2.Grayscale, v2.RGB, v2.ToDtype, v2.ToImage,
+                  v2.ToPureTensor, v2.Identity}
 
 
 def _first_unsafe_transform(transform: object) -> str | None:
     """The class name of the first transform not known to be deterministic, ``None`` when all are."""
     if transform is None:
         return None
-    if isinstance(transform, v2.Compose):
+    if type(transform) is v2.Compose:
         return next(filter(None, map(_first_unsafe_transform, transform.transforms)), None)
-    return None if isinstance(transform, _DETERMINISTIC) else type(transform).__name__
+    return None if type(transform) in _DETERMINISTIC else type(transform).__name__
 
 
 def uncacheable_reason(train_dataset: object, pre_processor: object) -> str | None:
