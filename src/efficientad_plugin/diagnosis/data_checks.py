@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections import Counter, defaultdict
 from collections.abc import Sequence
@@ -10,6 +9,7 @@ from dataclasses import dataclass
 from statistics import median
 
 from ..input_checks import ImageFacts, image_problem, mask_problem
+from ..teacher_weights import sha256_of
 from .dataset import Dataset, DatasetImage
 from .findings import Section, Severity
 
@@ -42,7 +42,7 @@ def inspect_images(images: Sequence[DatasetImage]) -> list[ImageInfo]:
         if problem is None and facts is not None and image.mask is not None:
             mask_error = mask_problem(image.mask, facts)
             problem = None if mask_error is None else f"mask {image.mask.name}: {mask_error}"
-        infos.append(ImageInfo(image, hashlib.sha256(image.path.read_bytes()).hexdigest(), facts, problem))
+        infos.append(ImageInfo(image, sha256_of(image.path), facts, problem))
     return infos
 
 
