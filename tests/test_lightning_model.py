@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import pickle
+import shutil
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer, seed_everythin
 
 from efficientad_plugin import EfficientAdPlugin
 from efficientad_plugin.data import generate_mvtec_dataset
+from efficientad_plugin.images import ImageReadError
 
 
 def _datamodule(root: Path, **overrides: object) -> MVTecAD:
@@ -72,6 +74,17 @@ def test_train_batch_size_other_than_one_fails_before_training(synthetic_root: P
     model = EfficientAdPlugin(teacher_weights="untrained", max_steps=1)
     with pytest.raises(ValueError, match="train_batch_size 1"):
         _engine(tmp_path).fit(model, _datamodule(synthetic_root, train_batch_size=2))
+    assert model.global_step == 0
+    assert not model.model.has_teacher_statistics
+
+
+def test_corrupt_test_image_fails_before_training_naming_the_file(synthetic_root: Path, tmp_path: Path) -> None:
+    shutil.copytree(synthetic_root, tmp_path / "data")
+    corrupt = next((tmp_path / "data" / "synthetic" / "test" / "defect").glob("*.png"))
+    corrupt.write_bytes(corrupt.read_bytes()[:100])
+    model = EfficientAdPlugin(teacher_weights="untrained", max_steps=1)
+    with pytest.raises(ImageReadError, match=corrupt.name):
+        _engine(tmp_path).fit(model, _datamodule(tmp_path / "data"))
     assert model.global_step == 0
     assert not model.model.has_teacher_statistics
 

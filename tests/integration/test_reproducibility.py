@@ -19,8 +19,9 @@ KILL_AFTER_STEP = 5  # one step after the checkpoint of step 4, which the resume
 TIMEOUT_S = 900
 
 
-def _start(data_root: Path, output: Path, ckpt_path: Path | None = None) -> subprocess.Popen:
-    command = [sys.executable, str(TRAINING_RUN), str(data_root), str(output), str(MAX_STEPS)]
+def _start(data_root: Path, output: Path, ckpt_path: Path | None = None,
+           max_steps: int = MAX_STEPS) -> subprocess.Popen:
+    command = [sys.executable, str(TRAINING_RUN), str(data_root), str(output), str(max_steps)]
     return subprocess.Popen([*command, *([str(ckpt_path)] if ckpt_path else [])], stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
 
@@ -96,3 +97,14 @@ def test_two_runs_with_one_seed_give_identical_losses(runs: dict[str, Path]) -> 
     killed = _steps(runs["killed"])
     assert len(killed) >= KILL_AFTER_STEP
     assert killed == _steps(runs["uninterrupted"])[: len(killed)]
+
+
+def test_two_complete_runs_with_one_seed_fit_identical_quantiles(synthetic_root: Path, tmp_path: Path) -> None:
+    """Two full seeded runs (2 steps, then the quantile fit) in separate processes: same losses, same model."""
+    outputs = [tmp_path / "first", tmp_path / "second"]
+    for output in outputs:
+        _finish(_start(synthetic_root, output, max_steps=2))
+    first, second = (torch.load(output / "final.pt", weights_only=True) for output in outputs)
+    assert _steps(outputs[0]) == _steps(outputs[1])
+    for name in (name for name in first if "quantiles" in name or name.startswith("post_processor.")):
+        assert torch.equal(first[name], second[name]), name
