@@ -70,6 +70,38 @@ def test_output_can_be_negative_but_hidden_activations_cannot() -> None:
     assert (hidden[0] > 0).any()
 
 
+@pytest.mark.parametrize("batched", [True, False])
+def test_partial_outputs_are_slices_of_the_full_outputs(batched: bool) -> None:
+    """Batched or not, each batch gets exactly its channels of the full output, in the order given."""
+    torch.manual_seed(0)
+    pdn = PatchDescriptionNetwork("small", out_channels=8).eval()
+    inputs = [torch.randn(1, 3, 40, 40), torch.randn(2, 3, 40, 40)]
+    channels = [slice(0, 4), slice(4, 8)]
+    with torch.no_grad():
+        outputs = pdn.partial_outputs(inputs, channels, batched=batched)
+        expected = [pdn(batch)[:, selected] for batch, selected in zip(inputs, channels, strict=True)]
+    for output, reference in zip(outputs, expected, strict=True):
+        torch.testing.assert_close(output, reference, atol=1e-5, rtol=1e-5)
+
+
+def test_partial_outputs_batch_only_off_cpu_and_only_equal_sizes() -> None:
+    pdn = PatchDescriptionNetwork("small", out_channels=8)
+    concatenated: list[int] = []
+    pdn.conv1.register_forward_hook(lambda _m, inputs, _o: concatenated.append(len(inputs[0])))
+    with torch.no_grad():
+        pdn.partial_outputs([torch.randn(1, 3, 40, 40)] * 2, [slice(0, 4)] * 2)
+        assert concatenated == [1, 1]  # CPU: one pass per batch
+        pdn.partial_outputs([torch.randn(1, 3, 40, 40), torch.randn(1, 3, 48, 48)], [slice(0, 4)] * 2)
+        assert concatenated == [1, 1, 1, 1]
+    with torch.device("meta"):
+        meta = PatchDescriptionNetwork("small", out_channels=8)
+        calls: list[int] = []
+        meta.conv1.register_forward_hook(lambda _m, inputs, _o: calls.append(len(inputs[0])))
+        meta.partial_outputs([torch.empty(1, 3, 40, 40)] * 3, [slice(0, 4)] * 3)
+        meta.partial_outputs([torch.empty(1, 3, 40, 40), torch.empty(1, 3, 48, 48)], [slice(0, 4)] * 2)
+    assert calls == [3, 1, 1]  # elsewhere: one pass for batches of one size
+
+
 def test_unpadded_output_is_56_for_256() -> None:
     with torch.device("meta"):
         for model_size in MODEL_SIZES:

@@ -69,19 +69,24 @@ class PatchDescriptionNetwork(nn.Sequential):
         self.model_size = model_size
         self.out_channels = out_channels
 
-    def partial_outputs(self, inputs: Sequence[torch.Tensor], channels: Sequence[slice]) -> list[torch.Tensor]:
+    def partial_outputs(
+        self, inputs: Sequence[torch.Tensor], channels: Sequence[slice], batched: bool | None = None
+    ) -> list[torch.Tensor]:
         """The outputs of several batches, each restricted to its own slice of output channels.
 
-        The layers before the last convolution run once, on all batches concatenated (when their sizes agree, as
-        in training); the last convolution computes only the requested channels of each batch. The same numbers
-        as slicing full outputs, for less work: the student's last convolution is half of its cost, and each
-        training pass needs half of its channels.
+        The last convolution computes only the requested channels of each batch: the same numbers as slicing full
+        outputs, for less work (the student's last convolution is half of its cost, and each training pass needs
+        half of its channels). ``batched`` runs the layers before it once, on all batches concatenated (their
+        sizes must agree); ``None`` batches everywhere but on CPU, where oneDNN ran three batch-1 passes of PDN-S
+        faster than one batch of three (forward and backward 2.85 s against 3.1 s, docs/performance.md).
         """
+        if batched is None:
+            batched = inputs[0].device.type != "cpu" and len({batch.shape[1:] for batch in inputs}) == 1
         # nn.Sequential(...) rather than self[:-1], whose slicing would call this class's constructor
         body, last = nn.Sequential(*list(self)[:-1]), self[-1]
-        if len({batch.shape[1:] for batch in inputs}) == 1:
+        if batched:
             hidden = body(torch.cat(list(inputs))).split([len(batch) for batch in inputs])
-        else:  # images of different sizes cannot share a batch
+        else:
             hidden = [body(batch) for batch in inputs]
         return [F.conv2d(part, last.weight[selected], last.bias[selected], last.stride, last.padding)
                 for part, selected in zip(hidden, channels, strict=True)]
