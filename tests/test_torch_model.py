@@ -283,8 +283,8 @@ def test_training_features_with_penalty(model: EfficientAdPluginModel) -> None:
     assert student_grad is not None and student_grad.abs().sum() > 0 and ae_grad is None
 
 
-def test_batched_half_width_student_pass_matches_separate_full_passes(model: EfficientAdPluginModel) -> None:
-    """The shared student pass gives the losses and gradients of three separate full passes (float tolerance)."""
+def test_half_width_student_passes_match_full_passes(model: EfficientAdPluginModel) -> None:
+    """The half-width student passes give the losses and gradients of three full passes (float tolerance)."""
     generator = torch.Generator().manual_seed(6)
     images, augmented, penalty = (torch.rand(1, 3, 256, 256, generator=generator) for _ in range(3))
     loss = EfficientAdLoss()

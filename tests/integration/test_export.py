@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from anomalib.data import MVTecAD
+from anomalib.data import InferenceBatch, MVTecAD
 from anomalib.deploy import CompressionType, ExportType
 from anomalib.engine import Engine
 from PIL import Image
@@ -23,6 +23,7 @@ from efficientad_plugin.quantization import quantize_openvino
 
 pytestmark = pytest.mark.slow
 INPUT_SIZES = ((280, 300), (180, 200))  # (height, width) of the images fed in: both differ from the model's
+TorchOutputs = list[tuple[tuple[int, int], np.ndarray, InferenceBatch]]  # input size, image, torch output
 # Largest difference allowed, as a fraction of the normal range of the raw map (pixel_max - pixel_min).
 TOLERANCES = {"openvino_fp32": 1e-4, "onnx": 1e-4, "openvino_fp16": 5e-3}
 
@@ -53,27 +54,36 @@ def _test_images(pcb_subset: Path, size: tuple[int, int]) -> list[np.ndarray]:
             for path in sorted((pcb_subset / "pcb" / "test").rglob("*.png"))]
 
 
+@pytest.fixture(scope="module")
+def torch_outputs(exported: tuple[EfficientAdPlugin, dict[str, Path]], pcb_subset: Path) -> TorchOutputs:
+    """(input size, image, the torch model's output) for every test image at every input size, computed once."""
+    model, _ = exported
+    outputs = []
+    for size in INPUT_SIZES:
+        for image in _test_images(pcb_subset, size):
+            with torch.no_grad():
+                outputs.append((size, image, model(torch.from_numpy(image).permute(2, 0, 1)[None])))
+    return outputs
+
+
 @pytest.mark.parametrize("export", sorted(TOLERANCES))
-def test_export_matches_torch(exported: tuple[EfficientAdPlugin, dict[str, Path]], pcb_subset: Path,
+def test_export_matches_torch(exported: tuple[EfficientAdPlugin, dict[str, Path]], torch_outputs: TorchOutputs,
                               export: str) -> None:
     model, exports = exported
     detector = OpenVinoDetector(exports[export], precision="f32")
     post = model.post_processor
     pixel_range, image_range = float(post.pixel_max - post.pixel_min), float(post.image_max - post.image_min)
     tolerance = TOLERANCES[export] * pixel_range
-    for size in INPUT_SIZES:
-        for image in _test_images(pcb_subset, size):
-            with torch.no_grad():
-                expected = model(torch.from_numpy(image).permute(2, 0, 1)[None])
-            result = detector.predict(image)
-            assert result.anomaly_map.shape == tuple(model.image_size)
-            map_error = np.abs(result.anomaly_map - expected.anomaly_map[0, 0].numpy()).max() * pixel_range
-            score_error = abs(result.score - expected.pred_score.item()) * image_range
-            assert map_error <= tolerance, (size, map_error / pixel_range)
-            assert score_error <= tolerance, (size, score_error / pixel_range)
-            # Labels agree unless the score is within the tolerance of the threshold (0.5 after normalisation).
-            if abs(expected.pred_score.item() - 0.5) * image_range > tolerance:
-                assert result.label == bool(expected.pred_label.item())
+    for size, image, expected in torch_outputs:
+        result = detector.predict(image)
+        assert result.anomaly_map.shape == tuple(model.image_size)
+        map_error = np.abs(result.anomaly_map - expected.anomaly_map[0, 0].numpy()).max() * pixel_range
+        score_error = abs(result.score - expected.pred_score.item()) * image_range
+        assert map_error <= tolerance, (size, map_error / pixel_range)
+        assert score_error <= tolerance, (size, score_error / pixel_range)
+        # Labels agree unless the score is within the tolerance of the threshold (0.5 after normalisation).
+        if abs(expected.pred_score.item() - 0.5) * image_range > tolerance:
+            assert result.label == bool(expected.pred_label.item())
 
 
 def test_int8_quantisation_keeps_resize_and_normalisation(exported: tuple[EfficientAdPlugin, dict[str, Path]],
