@@ -77,12 +77,12 @@ def test_resumed_run_redoes_the_lost_step_with_the_same_image_loss_and_schedule(
 
 
 def test_resumed_model_equals_the_uninterrupted_one(runs: dict[str, Path]) -> None:
-    """Statistics equal; quantiles and thresholds within 1e-3 (not bitwise: float rounding differs after a reload
-    at the 1e-7 level, and Adam's normalised steps amplify it for weights whose gradients are near zero)."""
+    """Teacher statistics equal; quantiles and thresholds within 1e-3 (not bitwise: float rounding differs after a
+    reload at the 1e-7 level, and Adam's normalised steps amplify it for weights whose gradients are near zero)."""
     reference = torch.load(runs["uninterrupted"] / "final.pt", weights_only=True)
     resumed = torch.load(runs["resumed"] / "final.pt", weights_only=True)
     assert reference.keys() == resumed.keys()
-    for name in ("model.teacher_mean", "model.teacher_std", "model.anomaly_map_generator.st_quantiles"):
+    for name in ("model.teacher_mean", "model.teacher_std"):
         assert torch.equal(resumed[name], reference[name]), name
     fitted = [name for name in reference if "quantiles" in name or name.startswith("post_processor.")]
     assert len(fitted) >= 4
