@@ -38,7 +38,12 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
     parser.add_argument("--statistics-images", type=int, default=defaults.statistics_images)
     parser.add_argument("--seed", type=int, default=defaults.seed)
-    parser.add_argument("--precision", choices=("32", "bf16"), default=defaults.precision)
+    parser.add_argument("--precision", choices=("auto", "32", "bf16"), default=defaults.precision,
+                        help="auto: bf16 autocast where the device computes bf16 natively, else fp32")
+    parser.add_argument("--schedule", choices=("constant", "one_cycle"), default=defaults.schedule,
+                        help="constant lr (paper) or one-cycle: warm-up, then cosine decay over --steps")
+    parser.add_argument("--warmup-fraction", type=float, default=defaults.warmup_fraction)
+    parser.add_argument("--init-weights", help="start from this teacher (.pth; fresh optimiser): a further leg")
     parser.add_argument("--num-workers", type=int, default=defaults.num_workers)
     parser.add_argument("--checkpoint-every", type=int, default=defaults.checkpoint_every)
     parser.add_argument("--resume", action="store_true", help="continue from <output>.ckpt")
@@ -51,6 +56,8 @@ def main(argv: list[str] | None = None) -> Path:
         layers=tuple(args.layers), model_size=args.model_size, image_size=args.image_size, crop_size=args.crop_size,
         steps=args.steps, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
         statistics_images=args.statistics_images, seed=args.seed, precision=args.precision,
+        schedule=args.schedule, warmup_fraction=args.warmup_fraction,
+        init_weights=None if args.init_weights is None else str(Path(args.init_weights).resolve()),
         num_workers=args.num_workers, checkpoint_every=args.checkpoint_every,
     )
     output = distill(config, args.output, resume=args.resume, max_minutes=args.max_minutes)

@@ -7,7 +7,6 @@ PDN, with padding on so both maps align, regresses them with an MSE loss.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -24,8 +23,10 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.transforms.v2 import functional as TF  # noqa: N812
 
 from .backbones import timm_state_dict
+from .hardware import auto_bf16, cpu_description
 from .images import list_images, read_rgb
-from .pdn import TEACHER_CHANNELS, PatchDescriptionNetwork
+from .pdn import TEACHER_CHANNELS, PatchDescriptionNetwork, load_pdn_state_dict
+from .teacher_weights import load_teacher_state_dict, sha256_of
 from .torch_model import IMAGENET_MEAN, IMAGENET_STD
 
 logger = logging.getLogger(__name__)
@@ -34,6 +35,8 @@ AGGREGATION_DIMENSION = 1024  # per-layer width before the final pooling to 384 
 GRAYSCALE_PROBABILITY = 0.1
 # Settings that do not change the result, so a resumed run may use other values.
 _RESUMABLE_CHANGES = frozenset({"num_workers", "checkpoint_every"})
+PRECISIONS = ("auto", "32", "bf16")
+SCHEDULES = ("constant", "one_cycle")
 
 
 @dataclass
@@ -53,9 +56,20 @@ class DistillationConfig:
     weight_decay: float = 1e-5
     statistics_images: int = 1_000
     seed: int = 0
-    precision: str = "32"  # "32" or "bf16"
+    precision: str = "auto"  # "32", "bf16", or "auto": bf16 where the device computes it natively (see hardware)
+    schedule: str = "constant"  # "constant" (paper) or "one_cycle": linear warm-up, cosine decay over ``steps``
+    warmup_fraction: float = 0.05  # one_cycle: share of ``steps`` spent warming up from lr/25
+    init_weights: str | None = None  # start from this teacher state dict (fresh optimiser): a further leg
     num_workers: int = 2
     checkpoint_every: int = 200
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            msg = f"precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}."
+            raise ValueError(msg)
+        if self.schedule not in SCHEDULES:
+            msg = f"schedule must be one of {', '.join(SCHEDULES)}, not {self.schedule!r}."
+            raise ValueError(msg)
 
     @property
     def pdn_input(self) -> int:
@@ -180,10 +194,6 @@ def target_statistics(target: FeatureTarget, dataset: DistillationImages, config
     return mean.float().view(1, -1, 1, 1), std.float().view(1, -1, 1, 1)
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def distill(config: DistillationConfig, output: Path, resume: bool = False, progress: bool = True,
             max_minutes: float | None = None) -> Path:
     """Run (or resume) a distillation; write ``output`` (teacher state dict), its JSON sidecar and a loss curve.
@@ -201,7 +211,13 @@ def distill(config: DistillationConfig, output: Path, resume: bool = False, prog
     dataset = DistillationImages(paths, config.image_size, config.crop_size)
     target = FeatureTarget(load_backbone(config.backbone, config.backbone_weights, config.layers)).to(device)
     pdn = PatchDescriptionNetwork(config.model_size, TEACHER_CHANNELS, padding=True).to(device)
+    if config.init_weights is not None:
+        load_pdn_state_dict(pdn, load_teacher_state_dict(config.init_weights, config.model_size)[0], config.init_weights)
     optimizer = torch.optim.Adam(pdn.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = learning_rate_schedule(optimizer, config)
+    bf16 = config.precision == "bf16" or (config.precision == "auto" and auto_bf16(device))
+    logger.info("Distilling in %s on %s", "bf16" if bf16 else "fp32",
+                torch.cuda.get_device_name() if device.type == "cuda" else cpu_description())
     start, history, elapsed = 0, [], 0.0
     if resume and checkpoint_path.is_file():
         state = torch.load(checkpoint_path, map_location=device, weights_only=True)
@@ -213,6 +229,7 @@ def distill(config: DistillationConfig, output: Path, resume: bool = False, prog
             raise ValueError(msg)
         pdn.load_state_dict(state["pdn"])
         optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
         mean, std = state["target_mean"].to(device), state["target_std"].to(device)
         start, history, elapsed = state["step"], state["history"], state["elapsed"]
         logger.info("Resuming %s at step %d", checkpoint_path, start)
@@ -221,10 +238,11 @@ def distill(config: DistillationConfig, output: Path, resume: bool = False, prog
     sampler = StepBatchSampler(len(dataset), config.batch_size, config.seed, start, config.steps)
     loader = DataLoader(dataset, batch_sampler=sampler, num_workers=config.num_workers,
                         persistent_workers=config.num_workers > 0)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16")
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
 
     def save_checkpoint(step: int) -> None:
-        state = {"step": step, "pdn": pdn.state_dict(), "optimizer": optimizer.state_dict(), "target_mean": mean,
+        state = {"step": step, "pdn": pdn.state_dict(), "optimizer": optimizer.state_dict(),
+                 "scheduler": scheduler.state_dict(), "target_mean": mean,
                  "target_std": std, "history": history, "elapsed": elapsed, "config": _jsonable(config)}
         torch.save(state, checkpoint_path.with_suffix(".tmp"))
         checkpoint_path.with_suffix(".tmp").replace(checkpoint_path)
@@ -245,6 +263,7 @@ def distill(config: DistillationConfig, output: Path, resume: bool = False, prog
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        scheduler.step()
         step += 1
         history.append((step, loss.item()))
         bar.set_postfix(loss=f"{history[-1][1]:.4f}")
@@ -257,17 +276,46 @@ def distill(config: DistillationConfig, output: Path, resume: bool = False, prog
             logger.info("Stopping at step %d after %.0f minutes; --resume continues", step, max_minutes)
             break
     torch.save({key: value.detach().cpu() for key, value in pdn.state_dict().items()}, output)
-    _write_provenance(config, output, history, elapsed, len(paths))
+    leg = {"precision": "bf16" if bf16 else "32",
+           "machine": torch.cuda.get_device_name() if device.type == "cuda" else cpu_description()}
+    _write_provenance(config, output, history, elapsed, len(paths), leg)
     return output
+
+
+def learning_rate_schedule(optimizer: torch.optim.Optimizer,
+                           config: DistillationConfig) -> torch.optim.lr_scheduler.LRScheduler:
+    """The paper's constant rate, or torch's one-cycle (warm-up from lr/25, cosine decay to lr/2500) over ``steps``.
+
+    A CPU affords a few thousand steps, not the paper's 60,000: a higher peak rate with decay gets further in them.
+    Adam's betas stay fixed (no momentum cycling).
+    """
+    if config.schedule == "constant":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+    return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=config.steps,
+                                               pct_start=config.warmup_fraction, cycle_momentum=False,
+                                               anneal_strategy="cos", div_factor=25.0, final_div_factor=100.0)
 
 
 def _jsonable(config: DistillationConfig) -> dict:
     return json.loads(json.dumps(asdict(config)))
 
 
+def _previous_legs(init_weights: str | None) -> list[dict]:
+    """The legs recorded in the sidecar JSON of the weights this run started from (one leg for a flat sidecar)."""
+    if init_weights is None:
+        return []
+    sidecar = Path(init_weights).with_suffix(".json")
+    if not sidecar.is_file():
+        return [{"file": Path(init_weights).name, "provenance": "none found"}]
+    previous = json.loads(sidecar.read_text())
+    return previous.get("legs") or [{key: value for key, value in previous.items() if key != "legs"}]
+
+
 def _write_provenance(config: DistillationConfig, output: Path, history: list, elapsed: float,
-                      num_images: int) -> None:
+                      num_images: int, leg: dict) -> None:
     tail = [loss for _, loss in history[-50:]]
+    this_leg = {**_jsonable(config), **leg, "steps_done": history[-1][0] if history else 0,
+                "final_loss": sum(tail) / len(tail) if tail else None, "wall_seconds": round(elapsed, 1)}
     provenance = {
         **_jsonable(config),
         "num_images": num_images,
@@ -275,8 +323,10 @@ def _write_provenance(config: DistillationConfig, output: Path, history: list, e
         "final_loss": sum(tail) / len(tail) if tail else None,
         "wall_seconds": round(elapsed, 1),
         "image_steps_per_second": round(len(history) * config.batch_size / elapsed, 3) if elapsed else None,
-        "sha256": _sha256(output),
+        "sha256": sha256_of(output),
         "file": output.name,
+        **leg,
+        "legs": [*_previous_legs(config.init_weights), this_leg],
     }
     output.with_suffix(".json").write_text(json.dumps(provenance, indent=2))
     _plot_loss(history, output.with_suffix(".loss.png"))
