@@ -9,6 +9,7 @@ images (ImageNet, Imagenette) is a better penalty set than this one and is passe
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import numpy as np
@@ -31,8 +32,9 @@ SHORT_SIDE = 320
 OUTPUT = Path(__file__).resolve().parents[1] / "src" / "efficientad_plugin" / "assets" / "penalty_images"
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     """Write ``CROPS_PER_PHOTO`` random crops (35-100 % of the shorter side) of each photo, short side 320 px."""
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args(argv)
     from skimage import data
 
     rng = np.random.default_rng(0)

@@ -18,8 +18,6 @@ import argparse
 import json
 from pathlib import Path
 
-from efficientad_plugin.evaluation import evaluate_detector
-from efficientad_plugin.inference import OpenVinoDetector
 from efficientad_plugin.quantization import CALIBRATION_IMAGES, float_convolutions, quantize_openvino
 
 
@@ -39,6 +37,8 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, object]]:
                              "on (default: every 4th calibration image, at most 50, is held out of calibration)")
     parser.add_argument("--evaluate", type=Path, help="MVTec-layout category folder whose test split scores both")
     args = parser.parse_args(argv)
+    from efficientad_plugin.evaluation import evaluate_detector  # OpenVINO (optional extra) loads only when used
+    from efficientad_plugin.inference import OpenVinoDetector
     quantize_openvino(args.model, args.calibration, args.output, args.subset_size, args.max_drift, args.validation)
     print(f"INT8 model written to {args.output}")
     results: dict[str, dict[str, object]] = {"float_convolutions": float_convolutions(args.output)}

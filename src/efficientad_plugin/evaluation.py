@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -11,7 +12,9 @@ from PIL import Image
 from torchmetrics.classification import BinaryAUROC
 
 from .images import list_images
-from .inference import OpenVinoDetector
+
+if TYPE_CHECKING:  # OpenVINO is an optional extra: importing it here broke `pip install .` users of diagnosis
+    from .inference import OpenVinoDetector
 
 
 @dataclass(frozen=True)

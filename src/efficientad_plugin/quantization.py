@@ -11,10 +11,14 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import openvino as ov
 
 from .images import list_images, read_rgb
+
+if TYPE_CHECKING:  # OpenVINO is the optional `openvino` extra: imported where used
+    import openvino as ov
 
 CALIBRATION_IMAGES = 300  # NNCF's default subset size
 HOLD_OUT_EVERY = 4  # with max_score_drift and no validation images: every 4th calibration image checks the drift
@@ -54,6 +58,7 @@ def quantize_openvino(
     (``FLOAT_OPERATION_TYPES``). ``float_convolutions`` lists the convolutions accuracy control left in float.
     """
     import nncf  # imported here: it takes seconds and only quantisation needs it
+    import openvino as ov
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
     from nncf.quantization.range_estimator import RangeEstimatorParametersSet
 
@@ -94,6 +99,8 @@ def float_convolutions(model: str | Path | ov.Model) -> dict[str, list[int]]:
     A convolution runs in INT8 when its input comes from a FakeQuantize; accuracy control removes that for the
     layers it reverts. Names are the export's (e.g. ``node_conv2d_3``); the shape tells the layer apart.
     """
+    import openvino as ov
+
     if not isinstance(model, ov.Model):
         model = ov.Core().read_model(str(model))
     return {op.get_friendly_name(): [int(size) for size in op.input(1).get_shape()]

@@ -1,0 +1,43 @@
+"""`pip install .` (no extras) leaves out OpenVINO and NNCF: the package and every tool's --help must still work."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TOOLS = sorted(path.name for path in (ROOT / "tools").glob("*.py"))
+# Makes `import openvino` / `import nncf` fail exactly as when the packages are not installed.
+WITHOUT_EXTRAS = "import sys; sys.modules['openvino'] = None; sys.modules['nncf'] = None; "
+
+
+def _python(code: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", WITHOUT_EXTRAS + code], capture_output=True, text=True,
+                          cwd=ROOT, timeout=300, check=False)
+
+
+def test_the_blocker_really_blocks_openvino() -> None:
+    result = _python("import openvino")
+    assert result.returncode != 0 and "openvino" in result.stderr
+
+
+def test_package_diagnosis_and_distillation_import_without_openvino_or_nncf() -> None:
+    code = ("import efficientad_plugin, efficientad_plugin.diagnosis, efficientad_plugin.distillation, "
+            "efficientad_plugin.evaluation, efficientad_plugin.quantization; "
+            "print(sorted(name for name in sys.modules if name.split('.')[0] in ('openvino', 'nncf') "
+            "and sys.modules[name] is not None))")
+    result = _python(code)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1] == "[]"
+
+
+@pytest.mark.parametrize("tool", TOOLS)
+def test_every_tool_shows_its_help_without_openvino_or_nncf(tool: str) -> None:
+    code = (f"import runpy; sys.argv = [{tool!r}, '--help']; "
+            f"runpy.run_path({str(ROOT / 'tools' / tool)!r}, run_name='__main__')")
+    result = _python(code)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "usage:" in result.stdout
