@@ -1,7 +1,8 @@
-"""Teacher distillation: a tiny run on generated images gives a loadable teacher, and resume continues exactly."""
+"""Teacher distillation: a tiny Lightning run on generated images gives a loadable teacher, and resume is exact."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -15,7 +16,9 @@ from efficientad_plugin.distillation import (
     DistillationConfig,
     FeatureTarget,
     StepBatchSampler,
+    checkpoint_path,
     distill,
+    learning_rate_schedule,
     load_backbone,
 )
 from efficientad_plugin.pdn import PatchDescriptionNetwork, load_pdn_state_dict
@@ -33,7 +36,7 @@ def image_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _config(images: Path, backbone: Path, **overrides: object) -> DistillationConfig:
     arguments = {"images": str(images), "backbone_weights": str(backbone), "image_size": 64, "steps": 4,
-                 "batch_size": 2, "statistics_images": 4, "num_workers": 0, "checkpoint_every": 2}
+                 "batch_size": 2, "statistics_images": 4, "num_workers": 0, "checkpoint_every": 2, "precision": "32"}
     return DistillationConfig(**{**arguments, **overrides})
 
 
@@ -49,10 +52,38 @@ def test_backbone_weights_load_by_order_and_targets_align_with_padded_pdn(backbo
 
 def test_batches_depend_only_on_seed_and_step() -> None:
     sampler = StepBatchSampler(num_images=5, batch_size=3, seed=1, start=0, stop=4)
-    resumed = StepBatchSampler(num_images=5, batch_size=3, seed=1, start=2, stop=4)
+    resumed = StepBatchSampler(num_images=5, batch_size=3, seed=1, start=lambda: 2, stop=4)
     assert list(sampler)[2:] == list(resumed)
+    assert len(resumed) == 2
     indices = [index for batch in list(sampler)[:5] for index, _ in batch][:5]
     assert sorted(indices) == list(range(5))  # each epoch is a permutation
+
+
+def test_one_cycle_warms_up_peaks_and_decays_while_constant_stays() -> None:
+    config = DistillationConfig(images="", steps=100, lr=1e-3, schedule="one_cycle", warmup_fraction=0.1)
+    optimizer = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=config.lr)
+    schedule = learning_rate_schedule(optimizer, config)
+    rates = []
+    for _ in range(100):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.step()
+    assert rates[0] == pytest.approx(1e-3 / 25)
+    assert max(rates) == pytest.approx(1e-3) and int(np.argmax(rates)) in (9, 10)
+    assert rates[-1] < 1e-5 and all(a >= b for a, b in zip(rates[10:], rates[11:], strict=False))
+    constant = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=1e-4)
+    schedule = learning_rate_schedule(constant, DistillationConfig(images="", steps=100, lr=1e-4))
+    for _ in range(50):
+        constant.step()
+        schedule.step()
+    assert constant.param_groups[0]["lr"] == pytest.approx(1e-4)
+
+
+def test_bad_settings_are_refused_by_name() -> None:
+    with pytest.raises(ValueError, match="precision must be one of"):
+        DistillationConfig(images="", precision="fp8")
+    with pytest.raises(ValueError, match="schedule must be one of"):
+        DistillationConfig(images="", schedule="step")
 
 
 def test_tiny_distillation_writes_a_loadable_teacher_with_provenance(image_folder: Path, backbone_file: Path,
@@ -64,22 +95,36 @@ def test_tiny_distillation_writes_a_loadable_teacher_with_provenance(image_folde
     assert provenance["steps_done"] == 4
     assert provenance["backbone"] == "tf_efficientnet_lite0"
     assert provenance["num_images"] == 6
+    assert provenance["precision"] == "32"
     assert np.isfinite(provenance["final_loss"])
-    import hashlib
-
     assert provenance["sha256"] == hashlib.sha256(output.read_bytes()).hexdigest()
+    assert [leg["steps_done"] for leg in provenance["legs"]] == [4]
     assert output.with_suffix(".loss.png").stat().st_size > 0
+
+
+def test_a_further_leg_starts_from_the_weights_and_records_both_legs(image_folder: Path, backbone_file: Path,
+                                                                      tmp_path: Path) -> None:
+    first = distill(_config(image_folder, backbone_file), tmp_path / "first.pth", progress=False)
+    config = _config(image_folder, backbone_file, init_weights=str(first), steps=2, schedule="one_cycle", lr=1e-3)
+    from efficientad_plugin.distillation import TeacherDistillation
+
+    module = TeacherDistillation(config)
+    for key, value in torch.load(first).items():
+        assert torch.equal(module.pdn.state_dict()[key], value), key
+    second = distill(config, tmp_path / "second.pth", progress=False)
+    legs = json.loads(second.with_suffix(".json").read_text())["legs"]
+    assert [(leg["steps_done"], leg["schedule"]) for leg in legs] == [(4, "constant"), (2, "one_cycle")]
 
 
 def test_interrupted_distillation_resumes_at_its_step_with_the_same_result(image_folder: Path, backbone_file: Path,
                                                                            tmp_path: Path) -> None:
-    config = _config(image_folder, backbone_file)
+    config = _config(image_folder, backbone_file, schedule="one_cycle", lr=1e-3)
     uninterrupted = distill(config, tmp_path / "whole" / "teacher.pth", progress=False)
     interrupted = tmp_path / "parts" / "teacher.pth"
     distill(config, interrupted, progress=False, max_minutes=0)  # stops after its first step
-    assert torch.load(interrupted.with_suffix(".ckpt"))["step"] == 1
+    assert torch.load(checkpoint_path(interrupted), weights_only=True)["global_step"] == 1
     distill(config, interrupted, resume=True, progress=False)
-    checkpoint = torch.load(interrupted.with_suffix(".ckpt"))
+    checkpoint = torch.load(checkpoint_path(interrupted), weights_only=True)
     assert [step for step, _ in checkpoint["history"]] == [1, 2, 3, 4]
     whole, parts = torch.load(uninterrupted), torch.load(interrupted)
     for key in whole:

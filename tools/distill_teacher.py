@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--init-weights", help="start from this teacher (.pth; fresh optimiser): a further leg")
     parser.add_argument("--num-workers", type=int, default=defaults.num_workers)
     parser.add_argument("--checkpoint-every", type=int, default=defaults.checkpoint_every)
-    parser.add_argument("--resume", action="store_true", help="continue from <output>.ckpt")
+    parser.add_argument("--resume", action="store_true", help="continue from <output stem>_checkpoints/last_step.ckpt")
     parser.add_argument("--max-minutes", type=float, help="stop (resumably) after this much wall time")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO)

@@ -13,6 +13,11 @@ AUGMENTATION_STREAM = 1
 _STREAMS = 2
 
 
+def combined_seed(seed: int, index: int) -> int:
+    """A seed for item ``index`` (a step, a sample) of a run seeded with ``seed``; distinct for distinct pairs."""
+    return seed * 1_000_003 + index
+
+
 def step_generator(seed: int, step: int, stream: int) -> torch.Generator:
     """A generator for one purpose (``stream``) at one training step, independent of the other streams and steps."""
-    return torch.Generator().manual_seed(((seed * 1_000_003 + step) * _STREAMS + stream) % 2**63)
+    return torch.Generator().manual_seed((combined_seed(seed, step) * _STREAMS + stream) % 2**63)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 import torch
 from anomalib.data import InferenceBatch
@@ -12,6 +12,7 @@ from .anomaly_map import AnomalyMapGenerator, channel_mean_squared_error
 from .autoencoder import AutoEncoder, check_image_size
 from .loss import TrainingFeatures
 from .pdn import TEACHER_CHANNELS, PatchDescriptionNetwork
+from .statistics import channel_statistics
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -59,23 +60,21 @@ class EfficientAdPluginModel(nn.Module):
 
     @torch.no_grad()
     def fit_teacher_statistics(self, images: Iterable[torch.Tensor]) -> None:
-        """Per-channel mean and std of the teacher over ``images``, accumulated as running sums in float64."""
-        total = squares = None
-        count = 0
+        """Per-channel mean and std of the teacher over ``images`` (``statistics.channel_statistics``)."""
         device = self.teacher_mean.device
-        for batch in images:
-            with torch.autocast(device.type, enabled=False):  # fp32 statistics also in a mixed-precision run
-                features = self.teacher(self._imagenet_normalise(batch.to(device))).double()
-            batch_sum, batch_squares = features.sum(dim=(0, 2, 3)), features.pow(2).sum(dim=(0, 2, 3))
-            total = batch_sum if total is None else total + batch_sum
-            squares = batch_squares if squares is None else squares + batch_squares
-            count += features[:, 0].numel()
-        if total is None:
+
+        def teacher_outputs() -> Iterator[torch.Tensor]:
+            for batch in images:
+                with torch.autocast(device.type, enabled=False):  # fp32 statistics also in a mixed-precision run
+                    yield self.teacher(self._imagenet_normalise(batch.to(device)))
+
+        try:
+            mean, std = channel_statistics(teacher_outputs())
+        except ValueError as error:
             msg = "Cannot compute the teacher's channel statistics: the training set is empty."
-            raise ValueError(msg)
-        mean = total / count
+            raise ValueError(msg) from error
         self.teacher_mean.copy_(mean.view_as(self.teacher_mean))
-        self.teacher_std.copy_((squares / count - mean.pow(2)).clamp_min(0).sqrt().view_as(self.teacher_std))
+        self.teacher_std.copy_(std.view_as(self.teacher_std))
 
     def training_features(
         self,
