@@ -57,7 +57,7 @@ def _load(path: Path, image_size: int | None) -> torch.Tensor:
 def probe(category: str | Path, extractor: Extractor, seed: int = 0, image_size: int | None = None,
           bank_patches: int = BANK_PATCHES, train_images: int | None = None,
           test_images: int | None = None) -> dict[str, float]:
-    """Image and pixel AUROC of nearest-neighbour distances in ``extractor``'s feature space.
+    """Image and pixel AUROC of nearest-neighbour distances in ``extractor``'s feature space, and the image counts.
 
     ``image_size`` resizes every image to that square (as the model does; ``None`` keeps each image's size);
     ``train_images``/``test_images`` draw seeded subsets (normal and defective test images alike), for a quick
@@ -85,4 +85,5 @@ def probe(category: str | Path, extractor: Extractor, seed: int = 0, image_size:
     pixel_maps = torch.cat([item.flatten() for item in maps])
     pixel_masks = torch.cat([item.flatten() for item in masks])
     return {"image_AUROC": auroc(torch.stack(scores), torch.tensor(labels)),
-            "pixel_AUROC": auroc(pixel_maps, pixel_masks)}
+            "pixel_AUROC": auroc(pixel_maps, pixel_masks), "train_images": len(train),
+            "normal_images": len(normal), "defective_images": len(defective)}
