@@ -35,16 +35,29 @@ def test_package_diagnosis_and_distillation_import_without_openvino_or_nncf() ->
 def test_every_tool_shows_its_help_without_openvino_or_nncf() -> None:
     # one interpreter for all tools: each would otherwise pay seconds of torch/anomalib imports
     code = ("import runpy, io, contextlib\n"
-            "for tool in %r:\n"
+            "for tool in {!r}:\n"
             "    out = io.StringIO()\n"
             "    try:\n"
             "        with contextlib.redirect_stdout(out):\n"
             "            sys.argv = [tool, '--help']\n"
-            "            runpy.run_path(%r + '/' + tool, run_name='__main__')\n"
+            "            runpy.run_path({!r} + '/' + tool, run_name='__main__')\n"
             "    except SystemExit as stop:\n"
             "        assert stop.code in (0, None), (tool, stop.code)\n"
             "    assert 'usage:' in out.getvalue(), tool\n"
-            "    print('ok', tool)\n") % (TOOLS, str(ROOT / "tools"))
+            "    print('ok', tool)\n").format(TOOLS, str(ROOT / "tools"))
     result = _python(code)
     assert result.returncode == 0, result.stderr[-2000:]
     assert [line.split()[1] for line in result.stdout.splitlines() if line.startswith("ok ")] == TOOLS
+
+
+def test_every_installed_command_points_at_a_console_entry() -> None:
+    import importlib
+    import tomllib
+
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert sorted(name.removeprefix("efficientad-").replace("-", "_") + ".py" for name in scripts) == sorted(
+        tool for tool in TOOLS if tool != "build_bundled_penalty_set.py")  # a maintainer's tool, not a command
+    for target in scripts.values():
+        module, _, attribute = target.partition(":")
+        command = getattr(importlib.import_module(module), attribute)
+        assert callable(command) and command.__doc__, target

@@ -81,11 +81,12 @@ def distill(config: DistillationConfig, output: str | Path, resume: bool = False
         _check_resumable(resume_from, config)
     torch.manual_seed(config.seed)
     module = TeacherDistillation(config)
+    clock = _WallClock(max_minutes)
     trainer = Trainer(accelerator=accelerator, devices=1, max_steps=config.steps, max_epochs=-1,
                       precision=_precision(config, accelerator), logger=False, enable_checkpointing=False,
                       enable_model_summary=False, enable_progress_bar=progress, num_sanity_val_steps=0,
                       default_root_dir=checkpoint.parent,
-                      callbacks=[StepCheckpoint(config.checkpoint_every), NonFiniteLossGuard(), clock := _WallClock(max_minutes)])
+                      callbacks=[StepCheckpoint(config.checkpoint_every), NonFiniteLossGuard(), clock])
     machine = torch.cuda.get_device_name() if trainer.strategy.root_device.type == "cuda" else cpu_description()
     logger.info("Distilling in %s on %s", trainer.precision, machine)
     trainer.fit(module, ckpt_path=resume_from)

@@ -1,4 +1,4 @@
-"""Tests for efficientad_plugin.speed: timing helpers and PatchCore's export at batch 1."""
+"""Tests for efficientad_plugin.benchmarking.speed: timing helpers and PatchCore's export at batch 1."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import openvino as ov
 import torch
 
-from efficientad_plugin.speed import export_openvino_batch1, latency_ms, measure_openvino
+from efficientad_plugin.benchmarking.speed import export_openvino_batch1, latency_ms, measure_openvino
 
 
 def test_latency_statistics_time_the_calls_after_warmup() -> None:
@@ -28,7 +28,7 @@ def test_latency_statistics_time_the_calls_after_warmup() -> None:
 def test_peak_memory_grows_with_an_allocation() -> None:
     """In a fresh process: in this one the high-water mark may already be far above any new allocation."""
     script = (
-        "from efficientad_plugin.speed import peak_memory_mib\n"
+        "from efficientad_plugin.benchmarking.speed import peak_memory_mib\n"
         "before = peak_memory_mib()\n"
         "block = bytearray(256 * 1024 * 1024)\n"
         "block[::4096] = bytes(len(block[::4096]))\n"
