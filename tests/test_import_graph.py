@@ -52,6 +52,7 @@ def test_every_tool_shows_its_help_without_openvino_or_nncf() -> None:
 
 def test_every_installed_command_points_at_a_console_entry() -> None:
     import importlib
+
     import tomllib
 
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from efficientad_plugin.loss import HARD_QUANTILE, EfficientAdLoss, TrainingFeatures, hard_feature_loss
+from efficientad_plugin.loss import HARD_QUANTILE, EfficientAdLoss, hard_feature_loss
+from efficientad_plugin.torch_model import TrainingFeatures
 
 
 def _reference_hard_loss(teacher: torch.Tensor, student: torch.Tensor, quantile: float = HARD_QUANTILE) -> torch.Tensor:

@@ -13,9 +13,9 @@ import pytest
 import torch
 from anomalib.data import InferenceBatch
 
-from efficientad_plugin.loss import EfficientAdLoss, TrainingFeatures
+from efficientad_plugin.loss import EfficientAdLoss
 from efficientad_plugin.pdn import pdn_output_size
-from efficientad_plugin.torch_model import IMAGENET_MEAN, IMAGENET_STD, EfficientAdPluginModel
+from efficientad_plugin.torch_model import IMAGENET_MEAN, IMAGENET_STD, EfficientAdPluginModel, TrainingFeatures
 
 MEAN = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
 STD = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)

@@ -33,7 +33,9 @@ class StepCheckpoint(Callback):
     """Save a resumable checkpoint every ``every_n_steps`` training steps, so a long run loses at most that many.
 
     The file, ``last_step.ckpt``, sits beside anomalib's ``model.ckpt`` and is replaced atomically.
-    Resume with ``--ckpt_path`` on it.
+    Resume with ``--ckpt_path`` on it. Lightning's ``ModelCheckpoint(every_n_train_steps=...)`` writes in place (a
+    run killed while saving leaves a truncated file and nothing to resume from) and shares its ``dirpath`` and
+    ``last.ckpt`` with the checkpoint anomalib's Engine configures; this callback writes its own file atomically.
     """
 
     def __init__(self, every_n_steps: int) -> None:

@@ -44,6 +44,10 @@ class Prediction:
 class OpenVinoDetector:
     """An exported EfficientAdPlugin (OpenVINO ``.xml`` or ``.onnx``) compiled for one device.
 
+    anomalib's ``OpenVINOInferencer`` runs one image at a time and fails on the first bad file; this adds what a
+    line needs: files, folders and globs in one call, an unreadable image reported in its own result while the rest
+    go on, an explicit precision hint (f32 by default), and an async throughput mode (``AsyncInferQueue``).
+
     Args:
         model: path to the ``.xml`` IR (its ``.bin`` beside it) or an ``.onnx`` file.
         device: OpenVINO device name (``"CPU"``, ``"GPU"``, ``"AUTO"``...).

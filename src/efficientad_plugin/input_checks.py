@@ -11,10 +11,10 @@ from pathlib import Path
 from PIL import Image
 
 from .images import DECODE_ERRORS, SIXTEEN_BIT_MODES, ImageReadError
+from .pdn import PATCH_SIDE
 
 logger = logging.getLogger(__name__)
 
-MIN_IMAGE_SIDE = 33  # the PDN's receptive field: a smaller image does not hold one patch
 _EXIF_ORIENTATION = 0x0112
 _MAX_LISTED = 20
 _SPLITS = ("train", "val", "test")
@@ -60,8 +60,8 @@ def image_problem(path: str | Path, decode_only: bool = False) -> tuple[str | No
     if facts.mode in SIXTEEN_BIT_MODES:
         return (f"{facts.mode} (16-bit) image: anomalib's reader saturates values above 255 to white. Convert it to "
                 f"8-bit (divide by 257) before training."), facts
-    if min(facts.width, facts.height) < MIN_IMAGE_SIDE:
-        return (f"{facts.width}x{facts.height} pixels, smaller than one {MIN_IMAGE_SIDE}-pixel PDN patch: not a "
+    if min(facts.width, facts.height) < PATCH_SIDE:
+        return (f"{facts.width}x{facts.height} pixels, smaller than one {PATCH_SIDE}-pixel PDN patch: not a "
                 f"usable image of a part; remove it."), facts
     return None, facts
 

@@ -3,23 +3,13 @@
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
 
 import torch
 from torch import nn
 
+from .torch_model import TrainingFeatures
+
 HARD_QUANTILE = 0.999
-
-
-class TrainingFeatures(NamedTuple):
-    """Network outputs of one training step, teacher outputs already normalised per channel."""
-
-    teacher: torch.Tensor
-    student: torch.Tensor  # the student's teacher-mimicking channels on the training image
-    student_penalty: torch.Tensor | None  # the same channels on the penalty image, ``None`` without a penalty set
-    teacher_augmented: torch.Tensor
-    autoencoder_augmented: torch.Tensor
-    student_augmented: torch.Tensor  # the student's autoencoder-mimicking channels on the augmented image
 
 
 def hard_feature_loss(teacher: torch.Tensor, student: torch.Tensor, quantile: float = HARD_QUANTILE) -> torch.Tensor:

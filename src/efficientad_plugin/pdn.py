@@ -12,6 +12,7 @@ from torch.nn import functional as F  # noqa: N812
 
 MODEL_SIZES = ("small", "medium")
 TEACHER_CHANNELS = 384
+PATCH_SIDE = 33  # receptive field of one PDN output: each descriptor sees a 33x33 patch
 
 # (out_channels, kernel, padding when padding is on), per conv; "pool" is a 2x2 average pool.
 # The last conv's width is the network's output width and it has no ReLU.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from typing import NamedTuple
 
 import torch
 from anomalib.data import InferenceBatch
@@ -10,7 +11,6 @@ from torch import nn
 
 from .anomaly_map import AnomalyMapGenerator, channel_mean_squared_error
 from .autoencoder import AutoEncoder, check_image_size
-from .loss import TrainingFeatures
 from .pdn import TEACHER_CHANNELS, PatchDescriptionNetwork
 from .statistics import channel_statistics
 
@@ -19,6 +19,17 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 # The student's output channels: the first half mimics the teacher, the second half the autoencoder.
 _TEACHER_MIMICKING = slice(0, TEACHER_CHANNELS)
 _AUTOENCODER_MIMICKING = slice(TEACHER_CHANNELS, 2 * TEACHER_CHANNELS)
+
+
+class TrainingFeatures(NamedTuple):
+    """Network outputs of one training step, teacher outputs already normalised per channel."""
+
+    teacher: torch.Tensor
+    student: torch.Tensor  # the student's teacher-mimicking channels on the training image
+    student_penalty: torch.Tensor | None  # the same channels on the penalty image, ``None`` without a penalty set
+    teacher_augmented: torch.Tensor
+    autoencoder_augmented: torch.Tensor
+    student_augmented: torch.Tensor  # the student's autoencoder-mimicking channels on the augmented image
 
 
 class EfficientAdPluginModel(nn.Module):

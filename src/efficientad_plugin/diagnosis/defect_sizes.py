@@ -9,11 +9,11 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
+from ..pdn import PATCH_SIDE
 from .dataset import DatasetImage
 from .figures import histogram_png
 from .findings import Figure, Section, Severity
 
-PATCH_SIDE = 33  # receptive field of one PDN output (both sizes)
 TINY_SIDE = 8  # a defect below ~1/16 of the patch's area hardly moves the patch's descriptor
 TINY_SHARE = 0.25  # warn when this share of defects is tiny
 MAX_IMAGE_SIDE = 1024  # above this, tiling is cheaper than a larger image_size on the PDN
