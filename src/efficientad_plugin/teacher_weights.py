@@ -8,7 +8,6 @@ every load; a missing or altered file is an error that says what to do, never a 
 
 from __future__ import annotations
 
-import hashlib
 import io
 import logging
 import shutil
@@ -45,12 +44,10 @@ _RELEASE_META = {
 
 
 def sha256_of(path: Path) -> str:
-    """Hex sha256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with path.open("rb") as file:
-        for chunk in iter(lambda: file.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    """Hex sha256 of a file, read in chunks (anomalib's ``generate_hash``)."""
+    from anomalib.data.utils.download import generate_hash
+
+    return generate_hash(path, "sha256")
 
 
 def cache_dir() -> Path:
@@ -88,6 +85,10 @@ class Weights:
         return FileNotFoundError(msg)
 
     def _download(self, name: str) -> None:
+        """Download to a temporary file, then rename: a broken download never sits where the file is looked for.
+
+        anomalib's ``download_and_extract`` writes in place and always extracts; the teacher is read from the zip.
+        """
         assert self.url is not None
         self.path.parent.mkdir(parents=True, exist_ok=True)
         logger.info("Downloading teacher weights %s from %s", name, self.url)
