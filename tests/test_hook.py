@@ -403,7 +403,19 @@ def test_two_hooks_for_the_same_target_both_run(tree: FakeTree) -> None:
     assert _our_finders(tree.target, tree.plugin) == _our_finders(tree.target, second) == []
 
 
-def test_pth_line_never_raises_even_without_the_module(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_pth_line_installs_the_hook_and_never_raises_without_the_module(monkeypatch: pytest.MonkeyPatch) -> None:
+    import types
+
     line = (REPO_ROOT / "src" / PTH_NAME).read_text().strip()
+    calls = []
+    stub = types.ModuleType("_efficientad_plugin_hook")
+    stub.install = lambda: calls.append("install")
+    monkeypatch.setitem(sys.modules, "_efficientad_plugin_hook", stub)
+    exec(line, {})  # as site.py does
+    assert calls == ["install"]
     monkeypatch.setitem(sys.modules, "_efficientad_plugin_hook", None)  # makes the import fail
-    exec(line, {})  # as site.py does; must not raise
+    exec(line, {})  # must not raise
+    broken = types.ModuleType("_efficientad_plugin_hook")
+    broken.install = lambda: 1 / 0
+    monkeypatch.setitem(sys.modules, "_efficientad_plugin_hook", broken)
+    exec(line, {})  # an error inside the hook must not break interpreter start-up either

@@ -132,8 +132,12 @@ def test_datamodule_check_finds_a_corrupt_file_in_any_split(dataset_copy: Path, 
         check_datamodule(_datamodule(dataset_copy))
 
 
-def test_datamodule_check_passes_on_clean_data(dataset_copy: Path) -> None:
-    check_datamodule(_datamodule(dataset_copy))
+def test_datamodule_check_passes_on_clean_data_after_reading_every_image(dataset_copy: Path,
+                                                                         caplog: pytest.LogCaptureFixture) -> None:
+    images = [path for path in (dataset_copy / "synthetic").rglob("*.png") if "ground_truth" not in path.parts]
+    with caplog.at_level(logging.INFO, logger="efficientad_plugin.input_checks"):
+        check_datamodule(_datamodule(dataset_copy))  # raises on any problem
+    assert f"Checked {len(images)} images" in caplog.text
 
 
 def test_datamodule_check_finds_a_resized_mask(dataset_copy: Path) -> None:
