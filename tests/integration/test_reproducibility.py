@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
+pytestmark = pytest.mark.slow  # trains several runs in subprocesses
+
 TRAINING_RUN = Path(__file__).with_name("training_run.py")
 MAX_STEPS = 10  # 8 training images: the run crosses an epoch boundary after the resume
 KILL_AFTER_STEP = 5  # one step after the checkpoint of step 4, which the resumed run must redo
