@@ -1,0 +1,188 @@
+"""How EfficientAD's accuracy grows with training: train once, snapshot at chosen steps, evaluate each snapshot.
+
+A snapshot is a Lightning checkpoint saved when the run reaches one of the chosen steps, with the training time
+so far (evaluation excluded). After training, each snapshot is loaded, its map normalisation and thresholds are
+fitted on the validation split (normal images only, as at the end of a normal run) and it is tested: image and
+pixel AUROC, AU-PRO, F1. Rows go to ``results.json`` as they come, so an interrupted run (resumed from the
+model's ``last_step.ckpt``) or a rerun evaluates only what is missing. Neither anomalib nor Lightning evaluates a
+run at several step counts; ``anomalib benchmark`` trains one model per budget.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch import Callback, LightningModule, Trainer
+
+from ..callbacks import STEP_CHECKPOINT, save_atomically
+from ..hardware import cpu_description
+
+logger = logging.getLogger(__name__)
+
+RESULTS = "results.json"
+METRICS = ("image_AUROC", "image_F1Score", "pixel_AUROC", "pixel_F1Score", "pixel_AUPRO")
+
+
+def evaluator() -> object:
+    """anomalib's Evaluator with the metrics of the curves (AU-PRO added to anomalib's defaults)."""
+    from anomalib.metrics import AUPRO, AUROC, Evaluator, F1Score
+
+    return Evaluator(test_metrics=[
+        AUROC(fields=["pred_score", "gt_label"], prefix="image_"),
+        F1Score(fields=["pred_label", "gt_label"], prefix="image_"),
+        AUROC(fields=["anomaly_map", "gt_mask"], prefix="pixel_", strict=False),
+        F1Score(fields=["pred_mask", "gt_mask"], prefix="pixel_", strict=False),
+        AUPRO(fields=["anomaly_map", "gt_mask"], prefix="pixel_", strict=False),
+    ])
+
+
+class SnapshotAtSteps(Callback):
+    """Save ``step_<n>.ckpt`` in ``folder`` when training reaches each of ``steps``, with its training seconds.
+
+    The seconds are summed over resumptions (they travel in the callback's checkpoint state).
+    """
+
+    def __init__(self, steps: Sequence[int], folder: str | Path) -> None:
+        self.steps = sorted(set(steps))
+        self.folder = Path(folder)
+        self.seconds, self._began = 0.0, 0.0
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._began = time.perf_counter()
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args: object) -> None:
+        now = time.perf_counter()
+        self.seconds, self._began = self.seconds + now - self._began, now
+        step = trainer.global_step
+        if step in self.steps:
+            save_atomically(trainer, self.folder / f"step_{step}.ckpt")
+            (self.folder / f"step_{step}.json").write_text(json.dumps({"step": step, "train_seconds": self.seconds}))
+            self._began = time.perf_counter()  # saving is not training
+
+    def state_dict(self) -> dict[str, float]:
+        return {"seconds": self.seconds}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.seconds = float(state_dict["seconds"])
+
+
+def _load_results(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text()) if path.is_file() else {"rows": []}
+
+
+def _evaluate(model: Any, datamodule: Any, checkpoint: Path | None, workdir: Path) -> dict[str, float]:  # noqa: ANN401
+    from anomalib.engine import Engine
+
+    engine = Engine(default_root_dir=workdir, logger=False, enable_progress_bar=False, devices=1)
+    engine.validate(model, datamodule, ckpt_path=checkpoint)  # fits map normalisation and thresholds
+    metrics = engine.test(model, datamodule)[0]
+    return {name: float(metrics[name]) for name in METRICS if name in metrics}
+
+
+def convergence_run(model: Any, datamodule: Any, steps: Sequence[int], output: str | Path,  # noqa: ANN401
+                    recipe: str, resume: bool = True, accelerator: str = "auto") -> dict[str, Any]:
+    """Train ``model`` to ``max(steps)`` once, snapshot at ``steps``, evaluate each snapshot; return the results.
+
+    ``model.max_steps`` is set to ``max(steps)``: the learning-rate schedule is that of a run of that length. With
+    ``resume`` a run interrupted in training continues from its ``last_step.ckpt``, and finished snapshots are
+    not evaluated again. The results (``<output>/results.json``) name the recipe, the data and the machine.
+    """
+    from anomalib.engine import Engine
+
+    output = Path(output)
+    snapshots = output / "snapshots"
+    snapshots.mkdir(parents=True, exist_ok=True)
+    results_path = output / RESULTS
+    results = _load_results(results_path)
+    results.update({"recipe": recipe, "model": type(model).__name__, "machine": cpu_description(),
+                    "platform": platform.platform(), "data": _describe(datamodule), "steps": sorted(set(steps))})
+    model.max_steps = max(steps)
+    model.evaluator = evaluator()
+    last = max(steps)
+    if not (snapshots / f"step_{last}.ckpt").is_file():
+        engine = Engine(default_root_dir=output / "train", logger=False, devices=1, accelerator=accelerator,
+                        callbacks=[SnapshotAtSteps(steps, snapshots)])
+        resume_from = next(iter(sorted((output / "train").rglob(STEP_CHECKPOINT))), None) if resume else None
+        engine.fit(model, datamodule, ckpt_path=resume_from)
+    done = {row["step"] for row in results["rows"]}
+    for step in sorted(set(steps) - done):
+        checkpoint = snapshots / f"step_{step}.ckpt"
+        started = time.perf_counter()
+        metrics = _evaluate(model, datamodule, checkpoint, output / "evaluate")
+        seconds = json.loads(checkpoint.with_suffix(".json").read_text())["train_seconds"]
+        results["rows"].append({"step": step, "train_minutes": round(seconds / 60, 2), **metrics,
+                                "evaluate_seconds": round(time.perf_counter() - started, 1)})
+        results["rows"].sort(key=lambda row: row["step"])
+        results_path.write_text(json.dumps(results, indent=2))
+        logger.info("step %d: %s", step, metrics)
+    results_path.write_text(json.dumps(results, indent=2))
+    return results
+
+
+def reference_run(model: Any, datamodule: Any, output: str | Path, recipe: str,  # noqa: ANN401
+                  accelerator: str = "auto") -> dict[str, Any]:
+    """A training-free reference (PatchCore): fit once, test; its fit time stands on the minutes axis."""
+    from anomalib.engine import Engine
+
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    model.evaluator = evaluator()
+    engine = Engine(default_root_dir=output / "train", logger=False, devices=1, accelerator=accelerator)
+    started = time.perf_counter()
+    engine.fit(model, datamodule)
+    fit_seconds = time.perf_counter() - started
+    metrics = engine.test(model, datamodule)[0]
+    results = {"recipe": recipe, "model": type(model).__name__, "machine": cpu_description(),
+               "platform": platform.platform(), "data": _describe(datamodule), "reference": True,
+               "rows": [{"step": None, "train_minutes": round(fit_seconds / 60, 2),
+                         **{name: float(metrics[name]) for name in METRICS if name in metrics}}]}
+    (output / RESULTS).write_text(json.dumps(results, indent=2))
+    return results
+
+
+def _describe(datamodule: Any) -> str:  # noqa: ANN401
+    parts = [type(datamodule).__name__]
+    parts += [f"{name}={getattr(datamodule, name)}" for name in ("root", "category") if hasattr(datamodule, name)]
+    return " ".join(str(part) for part in parts)
+
+
+def plot_curves(results_files: Sequence[str | Path], output: str | Path, metric: str = "image_AUROC") -> Path:
+    """``metric`` against training minutes, one line per results file (a recipe), references as horizontal marks."""
+    import matplotlib as mpl
+
+    mpl.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(7, 4.5))
+    for path in results_files:
+        results = json.loads(Path(path).read_text())
+        rows = [row for row in results["rows"] if metric in row]
+        if not rows:
+            continue
+        label = f"{results['recipe']} ({results['data'].split()[-1]})"
+        minutes = [row["train_minutes"] for row in rows]
+        values = [row[metric] for row in rows]
+        if results.get("reference"):
+            axis.axhline(values[0], linestyle="--", linewidth=1, color="grey")
+            axis.scatter(minutes, values, marker="*", s=120, label=f"{label}, fit time", zorder=3)
+        else:
+            axis.plot(minutes, values, marker="o", label=label)
+            for row in rows:
+                axis.annotate(str(row["step"]), (row["train_minutes"], row[metric]), fontsize=7,
+                              xytext=(3, 3), textcoords="offset points")
+    axis.set_xlabel("training minutes (wall clock, evaluation excluded)")
+    axis.set_ylabel(metric)
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(output, dpi=120)
+    plt.close(figure)
+    return output

@@ -1,0 +1,47 @@
+"""Convergence curves: one training run, snapshots at chosen steps, each evaluated; reruns evaluate nothing twice."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from anomalib.data import MVTecAD
+from PIL import Image
+
+from efficientad_plugin import EfficientAdPlugin
+from efficientad_plugin.benchmarking.convergence import RESULTS, convergence_run, plot_curves
+
+pytestmark = pytest.mark.slow
+
+
+def _datamodule(root: Path) -> MVTecAD:
+    return MVTecAD(root=root, category="synthetic", train_batch_size=1, eval_batch_size=4, num_workers=0,
+                   val_split_mode="from_train", val_split_ratio=0.2, seed=0)
+
+
+def test_snapshots_are_evaluated_at_their_steps_and_a_rerun_adds_nothing(synthetic_root: Path, teacher_file: Path,
+                                                                         penalty_folder: Path, tmp_path: Path) -> None:
+    def model() -> EfficientAdPlugin:
+        return EfficientAdPlugin(teacher_weights=str(teacher_file), penalty_dir=str(penalty_folder),
+                                 checkpoint_every_n_steps=1)
+
+    results = convergence_run(model(), _datamodule(synthetic_root), [1, 3], tmp_path, "paper", accelerator="cpu")
+    rows = results["rows"]
+    assert [row["step"] for row in rows] == [1, 3]
+    assert rows[0]["train_minutes"] < rows[1]["train_minutes"]  # three steps take longer than one
+    for row in rows:
+        assert {"image_AUROC", "pixel_AUROC", "pixel_AUPRO"} <= set(row)
+    assert results["recipe"] == "paper" and "synthetic" in results["data"]
+    # the snapshot of step 1 is another model than that of step 3
+    snapshots = tmp_path / "snapshots"
+    assert (snapshots / "step_1.ckpt").read_bytes() != (snapshots / "step_3.ckpt").read_bytes()
+    written = json.loads((tmp_path / RESULTS).read_text())
+    assert written["rows"] == rows
+
+    again = convergence_run(model(), _datamodule(synthetic_root), [1, 3], tmp_path, "paper", accelerator="cpu")
+    assert again["rows"] == rows  # nothing retrained, nothing re-evaluated
+
+    picture = plot_curves([tmp_path / RESULTS], tmp_path / "curves.png")
+    with Image.open(picture) as image:
+        assert image.size[0] > 100
