@@ -44,3 +44,24 @@ def test_benchmark_config_arguments_exist_and_validation_is_held_out(config: Pat
     data = section["data"]["init_args"]
     assert data["val_split_mode"] == "from_train"
     assert data["train_batch_size"] == 1
+
+
+CONVERGENCE_CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs" / "convergence").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("config", CONVERGENCE_CONFIGS, ids=[config.stem for config in CONVERGENCE_CONFIGS])
+def test_convergence_configs_parse_for_their_subcommand_with_held_out_validation(config: Path) -> None:
+    from jsonargparse import ActionConfigFile, ArgumentParser
+
+    from efficientad_plugin.cli import convergence
+
+    function = convergence.reference if "patchcore" in config.stem else convergence.run
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_function_arguments(function)
+    parser.add_argument("--config", action=ActionConfigFile)
+    parsed = parser.parse_args(["--config", str(config)])
+    assert parsed.data.init_args.val_split_mode == "from_train"
+    if function is convergence.run:
+        assert parsed.steps == sorted(parsed.steps) and parsed.steps[0] >= 100
+        model = parser.instantiate_classes(parsed).model  # builds the plugin with the config's arguments
+        assert type(model).__name__ == "EfficientAdPlugin"
