@@ -25,6 +25,7 @@ from .input_checks import check_datamodule
 from .loss import EfficientAdLoss
 from .pdn import check_model_size, load_pdn_state_dict
 from .penalty import BUNDLED, PenaltyImages
+from .post_processing import FalseAlarmRatePostProcessor
 from .randomness import AUGMENTATION_STREAM, step_generator
 from .teacher_cache import TeacherCache, uncacheable_reason
 from .teacher_weights import is_paper_teacher, load_teacher_state_dict
@@ -116,6 +117,10 @@ class EfficientAdPlugin(AnomalibModule):
     def configure_pre_processor(cls, image_size: tuple[int, int] | None = None) -> PreProcessor:
         """Resize only: the ImageNet normalisation is part of the model."""
         return PreProcessor(transform=Compose([Resize(image_size or (256, 256), antialias=True)]))
+
+    def configure_post_processor(self) -> FalseAlarmRatePostProcessor:
+        """anomalib's post-processor, with thresholds at a 1 % false-alarm rate when validation has no defects."""
+        return FalseAlarmRatePostProcessor()
 
     @property
     def learning_type(self) -> LearningType:

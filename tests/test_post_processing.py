@@ -1,0 +1,96 @@
+"""False-alarm-rate thresholds from normal validation images: known scores give the expected quantiles."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+from anomalib.data import InferenceBatch
+
+from efficientad_plugin.post_processing import (
+    FalseAlarmRatePostProcessor,
+    false_alarm_interval,
+    images_needed,
+)
+
+
+class _Batch:
+    """What the post-processor reads from a validation batch."""
+
+    def __init__(self, scores: torch.Tensor, maps: torch.Tensor, labels: torch.Tensor | None = None) -> None:
+        self.pred_score, self.anomaly_map, self.gt_label = scores, maps, labels
+        self.gt_mask = None if labels is None else (maps > 1e9)
+
+
+def _validate(post_processor: FalseAlarmRatePostProcessor, batches: list[_Batch]) -> None:
+    post_processor.on_validation_epoch_start(None, None)
+    for batch in batches:
+        post_processor.on_validation_batch_end(None, None, batch)
+    post_processor.on_validation_epoch_end(None, None)
+
+
+def _normal_batches(count: int = 200) -> tuple[list[_Batch], torch.Tensor]:
+    scores = torch.arange(1, count + 1, dtype=torch.float32)[torch.randperm(count, generator=torch.Generator()
+                                                                               .manual_seed(0))]
+    maps = scores.view(-1, 1, 1).expand(-1, 4, 4) / 1000  # every pixel of image i holds score_i / 1000
+    return [_Batch(scores[i : i + 8], maps[i : i + 8]) for i in range(0, count, 8)], scores
+
+
+@pytest.mark.parametrize("rate", [0.01, 0.05])
+def test_thresholds_are_the_normal_quantiles_and_the_score_keeps_its_meaning(rate: float) -> None:
+    batches, scores = _normal_batches()
+    post_processor = FalseAlarmRatePostProcessor(false_alarm_rate=rate)
+    _validate(post_processor, batches)
+    expected = 200 * (1 - rate)  # scores are 1..200: the r-th smallest is r
+    assert float(post_processor.image_threshold) == pytest.approx(expected)
+    assert float(post_processor.pixel_threshold) == pytest.approx(expected / 1000)
+    labels = post_processor(InferenceBatch(pred_score=scores, anomaly_map=scores.view(-1, 1, 1).expand(-1, 4, 4)
+                                           / 1000)).pred_label
+    assert int(labels.sum()) == round(200 * rate)  # that share of the normal images is flagged
+    report = post_processor.threshold_report
+    assert report["mode"] == "false_alarm_rate" and report["normal_images"] == 200
+    low, high = report["false_alarm_interval"]
+    assert low < rate < high
+    # the normalised image score is 0.5 at the threshold
+    at_threshold = post_processor(InferenceBatch(pred_score=torch.tensor([expected]))).pred_score
+    assert float(at_threshold) == pytest.approx(0.5)
+    # the numbers travel in the state dict (checkpoint)
+    restored = FalseAlarmRatePostProcessor(false_alarm_rate=rate)
+    restored.load_state_dict(post_processor.state_dict())
+    assert restored.threshold_report == report
+
+
+def test_a_too_small_validation_set_warns_with_the_number_needed() -> None:
+    batches, _ = _normal_batches(20)
+    post_processor = FalseAlarmRatePostProcessor(false_alarm_rate=0.001)
+    with pytest.warns(UserWarning, match=f"needs at least {images_needed(0.001)} normal validation images"):
+        _validate(post_processor, batches)
+    assert images_needed(0.001) == 3000
+    big, _ = _normal_batches(400)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # enough images: no warning
+        _validate(FalseAlarmRatePostProcessor(false_alarm_rate=0.01), big)
+
+
+def test_with_defective_validation_images_auto_keeps_anomalibs_f1_threshold() -> None:
+    scores = torch.tensor([1.0, 2.0, 3.0, 4.0, 10.0, 11.0])
+    labels = torch.tensor([0, 0, 0, 0, 1, 1])
+    batch = _Batch(scores, scores.view(-1, 1, 1).expand(-1, 4, 4).clone(), labels)
+    post_processor = FalseAlarmRatePostProcessor(false_alarm_rate=0.01)
+    _validate(post_processor, [batch])
+    assert post_processor.threshold_report["mode"] == "f1_adaptive"
+    assert 4.0 <= float(post_processor.image_threshold) <= 10.0  # separates the two groups
+    forced = FalseAlarmRatePostProcessor(false_alarm_rate=0.25, threshold="false_alarm_rate")
+    _validate(forced, [batch])
+    assert float(forced.image_threshold) == pytest.approx(3.0)  # from the four normal scores only
+
+
+def test_the_interval_narrows_with_more_images_and_bad_arguments_are_refused() -> None:
+    small, large = false_alarm_interval(100, 0.05), false_alarm_interval(10_000, 0.05)
+    assert large[1] - large[0] < small[1] - small[0]
+    assert large[0] < 0.05 < large[1]
+    with pytest.raises(ValueError, match="false_alarm_rate must be in"):
+        FalseAlarmRatePostProcessor(false_alarm_rate=5)
+    with pytest.raises(ValueError, match="threshold must be one of"):
+        FalseAlarmRatePostProcessor(threshold="youden")
