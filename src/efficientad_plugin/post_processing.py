@@ -44,7 +44,7 @@ def false_alarm_interval(num_normal: int, rate: float, confidence: float = CONFI
 
 def images_needed(rate: float) -> int:
     """Normal validation images for at least three above a ``rate`` threshold, so the quantile is not the maximum."""
-    return math.ceil(3 / rate)
+    return math.ceil(3 / float(f"{rate:.6g}"))  # a rate read back from a float32 buffer is 0.0099999998
 
 
 def _rank(num_normal: int, rate: float) -> int:

@@ -38,6 +38,11 @@ def test_checkpoint_facts_and_findings(diagnosis: Diagnosis, teacher_file: Path)
     assert checks["training budget"] == Severity.ERROR
     assert checks["teacher"] == Severity.WARNING and checks["penalty"] == Severity.WARNING
     assert "normalisation" not in checks
+    # one normal validation image: a 1 % false-alarm threshold, and a warning that says it needs 300
+    thresholds = model.facts["thresholds"]
+    assert thresholds["mode"] == "false_alarm_rate" and thresholds["normal_images"] == 1
+    assert checks["thresholds"] == Severity.WARNING
+    assert any("300 normal images" in finding.suggestion for finding in model.findings if finding.check == "thresholds")
 
 
 def test_scores_maps_and_galleries(diagnosis: Diagnosis) -> None:

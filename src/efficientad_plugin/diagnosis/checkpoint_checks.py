@@ -6,6 +6,7 @@ import math
 from typing import Any
 
 from ..lightning_model import LR_DECAY_AT
+from ..post_processing import images_needed
 from ..teacher_weights import UNTRAINED, is_paper_teacher
 from .findings import Section, Severity
 
@@ -65,6 +66,25 @@ def check_teacher(section: Section, checkpoint: dict[str, Any]) -> None:
         section.add(Severity.WARNING, "penalty",
                     "Trained without the pretraining penalty (penalty_dir None), which costs accuracy, most of all "
                     "on logical anomalies.", "Pass --model.penalty_dir with a folder of ImageNet/Imagenette images.")
+
+
+def check_thresholds(section: Section, checkpoint: dict[str, Any]) -> None:
+    """How the thresholds were set: a false-alarm rate from normal images (with its interval) or F1-adaptive."""
+    state = checkpoint["state_dict"]
+    rate = state.get("post_processor.fitted_false_alarm_rate")
+    if rate is None or rate.isnan():
+        section.facts["thresholds"] = {"mode": "f1_adaptive (anomalib)"}
+        return
+    normal = int(state["post_processor.normal_images"])
+    low, high = (float(value) for value in state["post_processor.false_alarm_interval"])
+    section.facts["thresholds"] = {"mode": "false_alarm_rate", "false_alarm_rate": float(rate),
+                                   "normal_images": normal, "false_alarm_interval_95": [low, high]}
+    if normal < images_needed(float(rate)):
+        section.add(Severity.WARNING, "thresholds",
+                    f"The threshold targets a {100 * float(rate):.2g} % false-alarm rate from {normal} normal "
+                    f"validation images: the true rate lies anywhere in [{100 * low:.2g} %, {100 * high:.2g} %].",
+                    f"Validate on at least {images_needed(float(rate))} normal images (a larger val_split_ratio or "
+                    f"more normal images), or choose a higher false_alarm_rate.")
 
 
 def check_statistics(section: Section, checkpoint: dict[str, Any]) -> None:

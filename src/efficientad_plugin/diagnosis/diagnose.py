@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..autoencoder import check_image_size
-from .checkpoint_checks import check_statistics, check_teacher, check_training
+from .checkpoint_checks import check_statistics, check_teacher, check_thresholds, check_training
 from .data_checks import (
     check_counts,
     check_duplicates,
@@ -51,7 +51,7 @@ class Diagnosis:
 
 def _model_section(checkpoint: dict[str, Any], images: list[DatasetImage], max_train_images: int) -> Section:
     section = Section("Model")
-    for check in (check_training, check_teacher, check_statistics):
+    for check in (check_training, check_teacher, check_statistics, check_thresholds):
         check(section, checkpoint)
     if any(finding.check == "normalisation" for finding in section.findings):
         return section  # an unfitted model's scores mean nothing
