@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -94,3 +95,21 @@ def test_the_interval_narrows_with_more_images_and_bad_arguments_are_refused() -
         FalseAlarmRatePostProcessor(false_alarm_rate=5)
     with pytest.raises(ValueError, match="threshold must be one of"):
         FalseAlarmRatePostProcessor(threshold="youden")
+
+
+def test_the_rate_is_set_through_anomalibs_cli_as_the_readme_shows(tmp_path: Path) -> None:
+    from anomalib.cli import AnomalibCLI
+
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        "model:\n  class_path: EfficientAdPlugin\n  init_args:\n    teacher_weights: untrained\n"
+        "    post_processor:\n      class_path: efficientad_plugin.FalseAlarmRatePostProcessor\n"
+        "      init_args: {false_alarm_rate: 0.05}\n"
+        "data:\n  class_path: MVTecAD\n  init_args: {root: ./datasets/deeppcb_mini, category: pcb, "
+        "val_split_mode: from_train, train_batch_size: 1}\n")
+    post_processor = AnomalibCLI(["fit", "--config", str(config)], run=False).model.post_processor
+    assert isinstance(post_processor, FalseAlarmRatePostProcessor) and post_processor.false_alarm_rate == 0.05
+    from efficientad_plugin import EfficientAdPlugin
+
+    default = EfficientAdPlugin(teacher_weights="untrained").post_processor
+    assert isinstance(default, FalseAlarmRatePostProcessor) and default.false_alarm_rate == 0.01
