@@ -10,7 +10,8 @@ import pytest
 
 def test_probe_finds_generated_defects_with_an_untrained_pdn(synthetic_root: Path, teacher_file: Path,
                                                              load_tool: Callable) -> None:
-    arguments = [str(synthetic_root / "synthetic"), "--features", "untrained", str(teacher_file)]
+    arguments = [str(synthetic_root / "synthetic"), "--features", "untrained", str(teacher_file),
+                 "--bank-patches", "5000"]
     results = load_tool("probe_features").main(arguments)
     for name in ("untrained", str(teacher_file)):
         # generated defects are blobs and scratches on a regular texture: even random features see them
