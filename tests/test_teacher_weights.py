@@ -311,22 +311,24 @@ def test_load_file_holding_a_list(tmp_path: Path) -> None:
 # --- the teacher that ships with the package ----------------------------------------------------------------------
 
 
-def test_bundled_teacher_loads_offline_verified_into_float32(offline: list[str]) -> None:
-    state_dict, description = load_teacher_state_dict("LITE0_NATURAL2K_V1", "small")
-    assert description == "PDNSmallWeights.LITE0_NATURAL2K_V1"
+@pytest.mark.parametrize("entry", ["LITE0_NATURAL2K_V1", "LITE0_NATURAL2K_V2"])
+def test_bundled_teacher_loads_offline_verified_into_float32(offline: list[str], entry: str) -> None:
+    state_dict, description = load_teacher_state_dict(entry, "small")
+    assert description == f"PDNSmallWeights.{entry}"
     assert offline == []  # nothing was downloaded
     pdn = PatchDescriptionNetwork("small")
     load_pdn_state_dict(pdn, state_dict, description)
     assert all(parameter.dtype == torch.float32 for parameter in pdn.parameters())
     assert torch.equal(pdn.conv1.weight, state_dict["conv1.weight"].float())
-    entry = tw.PDNSmallWeights.LITE0_NATURAL2K_V1.value
-    assert entry.sha256 == sha256_of(entry.path)
-    assert entry.meta["distilled_from"].startswith("tf_efficientnet_lite0")
-    assert entry.meta["distillation_steps"] > 0
+    weights = tw.PDNSmallWeights[entry].value
+    assert weights.sha256 == sha256_of(weights.path)
+    assert weights.meta["distilled_from"].startswith("tf_efficientnet_lite0")
+    assert weights.meta["distillation_steps"] > 0
 
 
 def test_only_the_release_counts_as_the_papers_teacher() -> None:
     assert tw.is_paper_teacher("DEFAULT", "small")
     assert tw.is_paper_teacher("PDNMediumWeights.ANOMALIB_RELEASE", "medium")
     assert not tw.is_paper_teacher("LITE0_NATURAL2K_V1", "small")
+    assert not tw.is_paper_teacher("LITE0_NATURAL2K_V2", "small")
     assert not tw.is_paper_teacher(UNTRAINED, "small")
