@@ -9,10 +9,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 from anomalib.data import MVTecAD
+from anomalib.data.utils import ValSplitMode
 from PIL import Image
 
 from efficientad_plugin.images import ImageReadError
-from efficientad_plugin.input_checks import check_datamodule, check_samples, image_problem, inspect_image
+from efficientad_plugin.input_checks import (
+    check_datamodule,
+    check_samples,
+    image_problem,
+    inspect_image,
+    parse_val_split_mode,
+)
 from efficientad_plugin.penalty import PenaltyImages
 
 
@@ -152,3 +159,15 @@ def test_empty_training_folder_is_an_error_naming_the_root(dataset_copy: Path) -
         path.unlink()
     with pytest.raises(ValueError, match=r"MVTecAD found no training images \(root=.*category=synthetic"):
         check_datamodule(_datamodule(dataset_copy))
+
+
+@pytest.mark.parametrize("value", ["from_train", "FROM_TRAIN", "ValSplitMode.FROM_TRAIN", ValSplitMode.FROM_TRAIN])
+def test_val_split_mode_is_read_the_same_in_every_form(value: object) -> None:
+    assert parse_val_split_mode(value) is ValSplitMode.FROM_TRAIN
+
+
+def test_an_unknown_val_split_mode_names_the_valid_ones() -> None:
+    assert parse_val_split_mode(None) is None
+    with pytest.raises(ValueError, match="from_train") as error:
+        parse_val_split_mode("from_trian")
+    assert "from_trian" in str(error.value)

@@ -8,6 +8,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from anomalib.data.utils import ValSplitMode
 from PIL import Image
 
 from .images import DECODE_ERRORS, SIXTEEN_BIT_MODES, ImageReadError
@@ -28,6 +29,24 @@ class ImageFacts:
     height: int
     mode: str
     exif_rotated: bool
+
+
+def parse_val_split_mode(value: object) -> ValSplitMode | None:
+    """anomalib's ``ValSplitMode`` from a member, ``"from_train"`` or ``"ValSplitMode.FROM_TRAIN"``; ``None`` if unset.
+
+    Configs and datamodules hold the mode in all three forms; the model and the diagnosis read it here.
+    """
+    if value is None or value == "":
+        return None
+    if isinstance(value, ValSplitMode):
+        return value
+    name = str(value).rpartition(".")[-1].lower()
+    try:
+        return ValSplitMode(name)
+    except ValueError:
+        valid = ", ".join(mode.value for mode in ValSplitMode)
+        msg = f"val_split_mode {value!r} is not one of anomalib's modes: {valid}."
+        raise ValueError(msg) from None
 
 
 def inspect_image(path: str | Path) -> ImageFacts:

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from anomalib import LearningType
 from anomalib.data import Batch
+from anomalib.data.utils import ValSplitMode
 from anomalib.models.components import AnomalibModule
 from anomalib.pre_processing import PreProcessor
 from lightning.pytorch import Callback
@@ -21,7 +22,7 @@ from torchvision.transforms.v2 import Compose, Resize
 from .augmentation import random_color_adjustment
 from .autoencoder import check_image_size
 from .callbacks import NonFiniteLossGuard, ResumableDataOrder, StepCheckpoint
-from .input_checks import check_datamodule
+from .input_checks import check_datamodule, parse_val_split_mode
 from .loss import EfficientAdLoss
 from .pdn import check_model_size, load_pdn_state_dict
 from .penalty import BUNDLED, PenaltyImages
@@ -162,10 +163,10 @@ class EfficientAdPlugin(AnomalibModule):
         """Check the data before any training work: every file decodes, and the validation split fits the maps."""
         if self.trainer.datamodule is not None:
             check_datamodule(self.trainer.datamodule)
-        val_split_mode = str(getattr(self.trainer.datamodule, "val_split_mode", ""))
-        if val_split_mode.endswith(("none", "NONE")):
+        val_split_mode = parse_val_split_mode(getattr(self.trainer.datamodule, "val_split_mode", None))
+        if val_split_mode == ValSplitMode.NONE:
             raise ValueError(_NO_VALIDATION_IMAGES)
-        if val_split_mode.endswith(("same_as_test", "SAME_AS_TEST")):
+        if val_split_mode == ValSplitMode.SAME_AS_TEST:
             warnings.warn(
                 "val_split_mode is same_as_test: the map-normalisation quantiles and thresholds will be fitted on the "
                 "test images, which leaks test data into the model. Use --data.val_split_mode from_train.",

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from statistics import median
 
-from ..input_checks import ImageFacts, image_problem, mask_problem
+from ..input_checks import ImageFacts, image_problem, mask_problem, parse_val_split_mode
 from ..teacher_weights import sha256_of
 from .dataset import Dataset, DatasetImage
 from .findings import Section, Severity
@@ -146,7 +146,8 @@ def check_duplicates(section: Section, infos: Sequence[ImageInfo]) -> None:
 def check_validation_split(section: Section, val_split_mode: str | None) -> None:
     """Where the config takes the validation images (the map normalisation is fitted on them) from."""
     section.facts["val_split_mode"] = val_split_mode
-    mode = (val_split_mode or "").rpartition(".")[-1].lower()
+    parsed = parse_val_split_mode(val_split_mode)
+    mode = "" if parsed is None else parsed.value
     if mode == "same_as_test":
         section.add(Severity.ERROR, "validation split",
                     "val_split_mode is same_as_test: the map normalisation and thresholds are fitted on the test "
