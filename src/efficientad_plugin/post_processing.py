@@ -36,7 +36,7 @@ def false_alarm_interval(num_normal: int, rate: float, confidence: float = CONFI
     """
     from scipy.stats import beta
 
-    rank = _rank(num_normal, rate)
+    rank = threshold_rank(num_normal, rate)
     tail = (1 - confidence) / 2
     distribution = beta(num_normal - rank + 1, rank)
     return float(distribution.ppf(tail)), float(distribution.ppf(1 - tail))
@@ -47,14 +47,14 @@ def images_needed(rate: float) -> int:
     return math.ceil(3 / float(f"{rate:.6g}"))  # a rate read back from a float32 buffer is 0.0099999998
 
 
-def _rank(num_normal: int, rate: float) -> int:
+def threshold_rank(num_normal: int, rate: float) -> int:
     """1-based rank of the order statistic used as threshold: at most ``rate`` of the n scores lie above it."""
     return min(num_normal, max(1, math.ceil(num_normal * (1 - rate))))
 
 
 def _order_statistic(values: torch.Tensor, rate: float) -> torch.Tensor:
     values = values.flatten().float()
-    return torch.kthvalue(values.cpu(), _rank(values.numel(), rate)).values
+    return torch.kthvalue(values.cpu(), threshold_rank(values.numel(), rate)).values
 
 
 class FalseAlarmRatePostProcessor(PostProcessor):
