@@ -20,9 +20,10 @@ import pytest
 import yaml
 
 pytest.importorskip("ray")
-# Not yet passing: on the session's 2-core machine, shared with two long training runs, the jobs did not reach
-# their first step checkpoint within pytest's 900 s timeout; to be re-run and fixed on an idle machine (issue 19).
-pytestmark = [pytest.mark.slow, pytest.mark.skip(reason="issue 19: not yet verified on an idle machine")]
+# Not yet passing. On an idle 2-core machine the run takes 92 s: parallel jobs, export, the kill and the Ray retry
+# work, and the bad job fails alone; but the resumed job then fails its test with "Cannot test an untrained
+# EfficientAdPlugin" (the map quantiles are not fitted after a resumed fit). Fix that, then drop the skip (issue 19).
+pytestmark = [pytest.mark.slow, pytest.mark.skip(reason="issue 19: a fit resumed mid-run ends without fitted map quantiles")]
 
 STEPS, EVERY = 12, 4
 
