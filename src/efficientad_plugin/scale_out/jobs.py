@@ -123,7 +123,13 @@ def run_job(job: Job, folder: str | Path, export: bool = True, int8: bool = Fals
         raise ValueError(msg) from stop
     cli.model.evaluator = evaluator()  # anomalib's test metrics and AU-PRO
     started = time.perf_counter()
-    metrics = cli.engine.train(model=cli.model, datamodule=cli.datamodule, ckpt_path=resume)
+    cli.engine.fit(model=cli.model, datamodule=cli.datamodule, ckpt_path=resume)
+    fitted = getattr(getattr(cli.model, "model", None), "anomaly_map_generator", None)
+    if fitted is not None and not fitted.is_fitted:
+        # a fit resumed from a step checkpoint can end without its closing validation (issue 19): run it here,
+        # it fits the map normalisation and the thresholds as the closing validation would have
+        cli.engine.validate(model=cli.model, datamodule=cli.datamodule)
+    metrics = cli.engine.test(model=cli.model, datamodule=cli.datamodule)
     minutes = (time.perf_counter() - started) / 60
     ir_path = int8_path = None
     if export:
