@@ -33,10 +33,10 @@ def observed_rate_interval(validation_images: int, test_images: int, rank: int,
     return float(distribution.ppf(tail)) / test_images, float(distribution.ppf(1 - tail)) / test_images
 
 
-def _count(predictions: Sequence[Any]) -> dict[str, float]:  # noqa: ANN401
+def _count(predictions: Sequence[Any]) -> dict[str, int | float]:  # noqa: ANN401
     labels = torch.cat([batch.gt_label.flatten().cpu() for batch in predictions]).bool()
     flagged = torch.cat([batch.pred_label.flatten().cpu() for batch in predictions]).bool()
-    counts: dict[str, float] = {
+    counts: dict[str, int | float] = {
         "test_normal_images": int((~labels).sum()),
         "false_alarms": int((flagged & ~labels).sum()),
         "test_defective_images": int(labels.sum()),
@@ -66,6 +66,7 @@ def false_alarm_check(model: Any, datamodule: Any, rates: Sequence[float] = (0.0
         (f"false-alarm rate {100 * rate:g} %", rate, FalseAlarmRatePostProcessor(false_alarm_rate=rate))
         for rate in rates]
     settings.append(("anomalib default (F1-adaptive)", None, PostProcessor()))
+
     def engine() -> Engine:
         # one per setting: a trainer keeps the callbacks of earlier runs, so an old post-processor would run too
         return Engine(default_root_dir=Path(workdir), logger=False, enable_progress_bar=False, devices=1,
