@@ -147,6 +147,26 @@ class EfficientAdPlugin(AnomalibModule):
         scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=decay_step, gamma=0.1)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Restore anomalib's components; ignore metric states of an evaluator this model does not have.
+
+        A checkpoint trained with other test metrics (e.g. AU-PRO, whose ``fpr_limit`` is a buffer) would
+        otherwise fail to load with "Unexpected key(s)": the metrics are evaluation settings, not the model.
+        The evaluator's state sits twice in a checkpoint: in the model's state dict and as a callback's state.
+        """
+        super().on_load_checkpoint(checkpoint)
+        own = self.state_dict()
+        states = [(checkpoint.get("state_dict", {}), "")]
+        if self.evaluator is not None and self.evaluator.state_key in checkpoint.get("callbacks", {}):
+            states.append((checkpoint["callbacks"][self.evaluator.state_key], "evaluator."))
+        foreign = []
+        for state, prefix in states:
+            for key in [key for key in state if (prefix + key).startswith("evaluator.") and prefix + key not in own]:
+                foreign.append(prefix + key)
+                del state[key]
+        if foreign:
+            logger.info("Ignoring metric states that this model's evaluator lacks: %s", ", ".join(sorted(set(foreign))))
+
     def _images(self, batch: Batch) -> torch.Tensor:
         """Batch images at the model's size, checked, on the model's device."""
         transform = getattr(self.pre_processor, "transform", None)

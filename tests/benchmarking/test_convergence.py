@@ -6,7 +6,9 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from anomalib.data import MVTecAD
+from anomalib.engine import Engine
 from PIL import Image
 
 from efficientad_plugin import EfficientAdPlugin
@@ -41,6 +43,15 @@ def test_snapshots_are_evaluated_at_their_steps_and_a_rerun_adds_nothing(synthet
 
     again = convergence_run(model(), _datamodule(synthetic_root), [1, 3], tmp_path, "paper", accelerator="cpu")
     assert again["rows"] == rows  # nothing retrained, nothing re-evaluated
+
+    # a snapshot (its evaluator has AU-PRO) loads into a model with anomalib's default metrics, as the false-alarm
+    # check loads it; without on_load_checkpoint's filter that fails on AU-PRO's fpr_limit buffer
+    plain = model()
+    snapshot = torch.load(snapshots / "step_3.ckpt", map_location="cpu", weights_only=False)
+    assert "evaluator.test_metrics.4.fpr_limit" in snapshot["state_dict"]
+    Engine(default_root_dir=tmp_path / "plain", logger=False, accelerator="cpu", devices=1).validate(
+        plain, _datamodule(synthetic_root), ckpt_path=snapshots / "step_3.ckpt")
+    assert plain.model.anomaly_map_generator.is_fitted
 
     picture = plot_curves([tmp_path / RESULTS], tmp_path / "curves.png")
     with Image.open(picture) as image:
