@@ -335,3 +335,11 @@ class EfficientAdPlugin(AnomalibModule):
         """Export to ONNX (OpenVINO goes through here too); the maps' quantiles must be fitted."""
         self._require_fitted("export")
         return super().to_onnx(*args, **kwargs)
+
+    def to_openvino(self, *args, **kwargs) -> Path:
+        """Export to OpenVINO with the metadata OpenVINO Model API reads (``model_info``), so it loads the IR as is."""
+        from .model_info import write_model_info
+
+        height, width = self.image_size
+        return write_model_info(super().to_openvino(*args, **kwargs), model_name=type(self).__name__,
+                                image_size=f"{height} {width}")

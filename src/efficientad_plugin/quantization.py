@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .images import list_images, read_rgb
+from .model_info import SECTION, model_info
 
 if TYPE_CHECKING:  # OpenVINO is the optional `openvino` extra: imported where used
     import openvino as ov
@@ -88,6 +89,8 @@ def quantize_openvino(
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     # What stays in floating point (resize, normalisation, reverted layers) stays fp32.
+    for key, value in model_info(ir).items():  # Model API's metadata, if the export has it (NNCF drops it)
+        quantized.set_rt_info(value, [SECTION, key])
     ov.save_model(quantized, str(output), compress_to_fp16=False)
     return output
 

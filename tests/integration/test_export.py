@@ -19,6 +19,7 @@ from PIL import Image
 
 from efficientad_plugin import EfficientAdPlugin
 from efficientad_plugin.inference import OpenVinoDetector
+from efficientad_plugin.model_info import model_info
 from efficientad_plugin.quantization import quantize_openvino
 
 pytestmark = pytest.mark.slow
@@ -107,3 +108,38 @@ def test_int8_quantisation_keeps_resize_and_normalisation(exported: tuple[Effici
         assert result.anomaly_map.shape == tuple(model.image_size)
         differences.append(np.abs(result.anomaly_map - fp32.predict(image).anomaly_map).max())
     assert max(differences) > 0  # it really is another model
+    assert model_info(int8) == model_info(exports["openvino_fp32"])  # Model API reads the INT8 IR too
+
+
+def test_openvino_model_api_runs_the_ir_unchanged(exported: tuple[EfficientAdPlugin, dict[str, Path]],
+                                                  pcb_subset: Path) -> None:
+    """``Model.create_model(model.xml)`` gives Model API's anomaly wrapper, whose results equal OpenVinoDetector's.
+
+    Images go in at the model's size, so Model API's resize of the outputs to the input size is the identity; it
+    holds the map as uint8 (round(255 * map)), so the map is compared after the same rounding.
+    """
+    import openvino as ov
+    from model_api.adapters import OpenvinoAdapter
+    from model_api.models import AnomalyDetection, Model
+
+    model, exports = exported
+    xml = exports["openvino_fp32"]
+    assert model_info(xml)["model_type"] == "AnomalyDetection"
+    assert model_info(xml)["image_size"] == " ".join(map(str, model.image_size))
+    adapter = OpenvinoAdapter(ov.Core(), str(xml), device="CPU", plugin_config={"INFERENCE_PRECISION_HINT": "f32"})
+    wrapper = Model.create_model(adapter)
+    assert isinstance(wrapper, AnomalyDetection)
+    detector = OpenVinoDetector(xml, precision="f32")
+    images = _test_images(pcb_subset, tuple(model.image_size))
+    assert len(images) == 8
+    labels = set()
+    for image in images:
+        expected = detector.predict(image)
+        result = wrapper(np.round(image * 255).astype(np.uint8))  # Model API takes 8-bit images
+        assert abs(result.pred_score - expected.score) <= 1e-3
+        assert result.pred_label == str(expected.label)
+        labels.add(result.pred_label)
+        assert result.anomaly_map.shape == tuple(model.image_size)
+        rounded = np.round(np.clip(expected.anomaly_map, 0, 1) * 255)
+        assert np.abs(result.anomaly_map.astype(np.float64) - rounded).max() <= 1  # a rounding boundary at most
+        assert np.array_equal(result.pred_mask.astype(bool), expected.anomaly_map > 0.5)  # anomalib: > threshold
