@@ -21,6 +21,7 @@ from PIL import Image
 from .images import IMAGE_EXTENSIONS, ImageReadError, list_images, read_rgb
 
 PRECISIONS = ("f32", "bf16", "f16")
+AUTO = "auto"
 MODES = {"latency": "LATENCY", "throughput": "THROUGHPUT"}
 OVERLAY_ALPHA = 0.45  # weight of the heat map over the image
 
@@ -41,6 +42,24 @@ class Prediction:
     anomaly_map: np.ndarray | None = None
 
 
+def native_bf16(device: str = "CPU", core: ov.Core | None = None) -> bool:
+    """Whether OpenVINO computes bf16 natively on ``device`` (its ``OPTIMIZATION_CAPABILITIES`` list BF16).
+
+    On CPUs that is AVX512-BF16 or AMX; OpenVINO then runs bf16 by default, and elsewhere it would emulate it.
+    """
+    try:
+        return "BF16" in (core or ov.Core()).get_property(device, "OPTIMIZATION_CAPABILITIES")
+    except RuntimeError:  # a device without the property (or not present)
+        return False
+
+
+def resolve_precision(precision: str | None, device: str = "CPU", core: ov.Core | None = None) -> str | None:
+    """``"auto"`` becomes ``"bf16"`` where the device computes bf16 natively and ``"f32"`` elsewhere."""
+    if precision != AUTO:
+        return precision
+    return "bf16" if native_bf16(device, core) else "f32"
+
+
 class OpenVinoDetector:
     """An exported EfficientAdPlugin (OpenVINO ``.xml`` or ``.onnx``) compiled for one device.
 
@@ -51,11 +70,12 @@ class OpenVinoDetector:
     Args:
         model: path to the ``.xml`` IR (its ``.bin`` beside it) or an ``.onnx`` file.
         device: OpenVINO device name (``"CPU"``, ``"GPU"``, ``"AUTO"``...).
-        precision: ``INFERENCE_PRECISION_HINT``: ``"f32"``, ``"bf16"``, ``"f16"``, or ``None`` for the device's
-            default. The default is ``"f32"`` because, without this hint, OpenVINO's CPU plugin runs in bf16 on CPUs
-            with bf16 support (AMX, AVX512-BF16), which changes scores slightly and can flip the labels of images near
-            the threshold; choose ``"bf16"`` for speed deliberately. CPUs without bf16 support run f32 whatever the
-            hint.
+        precision: ``INFERENCE_PRECISION_HINT``: ``"f32"``, ``"bf16"``, ``"f16"``, ``"auto"`` (bf16 where the device
+            computes it natively, else f32; ``self.precision`` says which) or ``None`` for the device's default.
+            The default is ``"f32"`` because, without this hint, OpenVINO's CPU plugin runs in bf16 on CPUs with bf16
+            support (AMX, AVX512-BF16), which changes scores slightly and can flip the labels of images near the
+            threshold; choose ``"auto"`` or ``"bf16"`` for speed deliberately, after ``precision_check`` on your
+            normal images. CPUs without bf16 support run f32 whatever the hint.
         mode: ``"latency"`` (one image at a time, synchronously) or ``"throughput"`` (several images in flight
             with ``AsyncInferQueue``); sets ``PERFORMANCE_HINT``.
 
@@ -73,12 +93,14 @@ class OpenVinoDetector:
         if not model.is_file():
             msg = f"Model file {model} does not exist (expected an OpenVINO .xml or an .onnx file)."
             raise FileNotFoundError(msg)
-        if precision is not None and precision not in PRECISIONS:
-            msg = f"precision must be one of {', '.join(PRECISIONS)} or None, got {precision!r}."
+        if precision is not None and precision not in (*PRECISIONS, AUTO):
+            msg = f"precision must be one of {', '.join((*PRECISIONS, AUTO))} or None, got {precision!r}."
             raise ValueError(msg)
         if mode not in MODES:
             msg = f"mode must be one of {', '.join(MODES)}, got {mode!r}."
             raise ValueError(msg)
+        core = ov.Core()
+        precision = resolve_precision(precision, device, core)
         # No CACHE_DIR: compiled blobs are never written next to the caller's working directory.
         config = {"PERFORMANCE_HINT": MODES[mode]}
         if precision is not None:
@@ -87,7 +109,7 @@ class OpenVinoDetector:
         self.device = device
         self.precision = precision
         self.mode = mode
-        self.compiled = ov.Core().compile_model(str(model), device, config)
+        self.compiled = core.compile_model(str(model), device, config)
         if len(self.compiled.inputs) != 1:
             msg = f"{model} has {len(self.compiled.inputs)} inputs; an exported anomaly model has one image input."
             raise ValueError(msg)

@@ -37,16 +37,20 @@ def latency_ms(run: Callable[[], object], warmup: int, runs: int) -> dict[str, f
 
 
 def measure_openvino(xml: str | Path, size: tuple[int, int], warmup: int, runs: int,
-                     images: int) -> dict[str, float]:
-    """Latency (synchronous, LATENCY hint) and throughput (AsyncInferQueue, THROUGHPUT hint) at batch 1, f32."""
+                     images: int, precision: str = "f32") -> dict[str, float]:
+    """Latency (synchronous, LATENCY hint) and throughput (AsyncInferQueue, THROUGHPUT hint) at batch 1.
+
+    ``precision`` is the ``INFERENCE_PRECISION_HINT`` (f32 unless asked: see ``PRECISION_HINT``).
+    """
     import openvino as ov
 
     core = ov.Core()
     image = np.random.default_rng(0).random((1, 3, *size), dtype=np.float32)
-    request = core.compile_model(str(xml), "CPU", {**PRECISION_HINT, "PERFORMANCE_HINT": "LATENCY"})
+    hint = {"INFERENCE_PRECISION_HINT": precision}
+    request = core.compile_model(str(xml), "CPU", {**hint, "PERFORMANCE_HINT": "LATENCY"})
     request = request.create_infer_request()
     result = latency_ms(lambda: request.infer(image), warmup, runs)
-    compiled = core.compile_model(str(xml), "CPU", {**PRECISION_HINT, "PERFORMANCE_HINT": "THROUGHPUT"})
+    compiled = core.compile_model(str(xml), "CPU", {**hint, "PERFORMANCE_HINT": "THROUGHPUT"})
     queue = ov.AsyncInferQueue(compiled, compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
     for _ in range(len(queue)):  # warm every request
         queue.start_async(image)

@@ -43,13 +43,40 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--mode", choices=("latency", "throughput"), default="latency",
                         help="latency: one image at a time; throughput: several in flight (default: latency)")
     parser.add_argument("--device", default="CPU", help="OpenVINO device (default: CPU)")
-    parser.add_argument("--precision", choices=("f32", "bf16", "f16", "default"), default="f32",
-                        help="inference precision hint; default = the device's own (default: f32)")
+    parser.add_argument("--precision", choices=("f32", "bf16", "f16", "auto", "default"), default="f32",
+                        help="inference precision hint; auto = bf16 where the device computes it natively, else f32 "
+                             "(with --check-drift: the fastest setting within --max-drift); default = the device's "
+                             "own (default: f32)")
+    parser.add_argument("--check-drift", type=Path, metavar="NORMAL_IMAGES",
+                        help="first compare bf16 (and --int8-model) with f32 on these normal images: largest score "
+                             "drift and latency per setting")
+    parser.add_argument("--int8-model", type=Path, help="INT8 IR of the same model (efficientad-quantize) to check")
+    parser.add_argument("--max-drift", type=float, default=0.02,
+                        help="largest score drift --precision auto accepts after --check-drift (default: 0.02)")
     parser.add_argument("--config", action=ActionConfigFile, help="read these options from a YAML/JSON file")
     args = parser.parse_args(argv)
     if args.output.suffix.lower() not in OUTPUT_SUFFIXES:
         parser.error(f"--output must end in .csv or .json, got {args.output}")
+    if args.int8_model is not None and args.check_drift is None:
+        parser.error("--int8-model is checked against the model with --check-drift NORMAL_IMAGES: give both")
     return args
+
+
+def choose_setting(args: argparse.Namespace) -> tuple[Path, str | None]:
+    """The model file and precision hint to score with; with --check-drift, print the check's table first."""
+    from efficientad_plugin.inference import resolve_precision
+
+    precision = None if args.precision == "default" else args.precision
+    if args.check_drift is None:
+        return args.model, resolve_precision(precision, args.device)
+    from efficientad_plugin.benchmarking.precision import fastest_within, markdown_table, precision_check
+
+    rows = precision_check(args.model, args.check_drift, args.int8_model, device=args.device)
+    print(markdown_table(rows, args.max_drift))
+    if precision != "auto":
+        return args.model, resolve_precision(precision, args.device)
+    chosen = fastest_within(rows, args.max_drift)
+    return Path(chosen["model"]), chosen["precision"]
 
 
 def overlay_destinations(paths: list[Path], folder: Path) -> dict[str, Path]:
@@ -86,11 +113,12 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         paths = expand_inputs(args.inputs)
-        precision = None if args.precision == "default" else args.precision
-        detector = OpenVinoDetector(args.model, device=args.device, precision=precision, mode=args.mode)
+        model, precision = choose_setting(args)
+        detector = OpenVinoDetector(model, device=args.device, precision=precision, mode=args.mode)
     except (FileNotFoundError, ValueError, RuntimeError) as error:  # RuntimeError: OpenVINO cannot compile it
         print(f"error: {error}", file=sys.stderr)
         return 2
+    print(f"scoring with {model} at precision {precision or 'device default'} on {args.device}")
     destinations = overlay_destinations(paths, args.overlays) if args.overlays else {}
     progress = tqdm(total=len(paths), unit="image", disable=None)  # disable=None: no bar when not a terminal
 
