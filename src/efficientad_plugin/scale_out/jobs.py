@@ -113,6 +113,8 @@ def run_job(job: Job, folder: str | Path, export: bool = True, int8: bool = Fals
     # which process runs the job (an operator's first question when a worker hangs), and how often it started
     (folder / RUNNING).write_text(json.dumps({"pid": os.getpid(), "host": platform.node(), "attempt": attempt,
                                               "first_started_at": first_started}))
+    if job.cpus >= 1:  # torch's threads = the CPUs reserved for the job (a pooled Ray worker may hold another count)
+        torch.set_num_threads(int(job.cpus))
     resume = latest_step_checkpoint(folder)
     resumed_from = int(torch.load(resume, map_location="cpu", weights_only=False)["global_step"]) if resume else 0
     try:
@@ -124,11 +126,6 @@ def run_job(job: Job, folder: str | Path, export: bool = True, int8: bool = Fals
     cli.model.evaluator = evaluator()  # anomalib's test metrics and AU-PRO
     started = time.perf_counter()
     cli.engine.fit(model=cli.model, datamodule=cli.datamodule, ckpt_path=resume)
-    fitted = getattr(getattr(cli.model, "model", None), "anomaly_map_generator", None)
-    if fitted is not None and not fitted.is_fitted:
-        # a fit resumed from a step checkpoint can end without its closing validation (issue 19): run it here,
-        # it fits the map normalisation and the thresholds as the closing validation would have
-        cli.engine.validate(model=cli.model, datamodule=cli.datamodule)
     metrics = cli.engine.test(model=cli.model, datamodule=cli.datamodule)
     minutes = (time.perf_counter() - started) / 60
     ir_path = int8_path = None
