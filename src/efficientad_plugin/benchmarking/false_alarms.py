@@ -72,6 +72,7 @@ def false_alarm_check(model: Any, datamodule: Any, rates: Sequence[float] = (0.0
         return Engine(default_root_dir=Path(workdir), logger=False, enable_progress_bar=False, devices=1,
                       accelerator=accelerator)
 
+    model.visualizer = None  # counting labels needs no pictures (anomalib would draw every test image per setting)
     if ckpt_path is not None:
         # load once, before the settings: a checkpoint also restores its post-processor's configuration (rate)
         engine().validate(model, datamodule, ckpt_path=ckpt_path)
