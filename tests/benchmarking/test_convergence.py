@@ -56,3 +56,18 @@ def test_snapshots_are_evaluated_at_their_steps_and_a_rerun_adds_nothing(synthet
     picture = plot_curves([tmp_path / RESULTS], tmp_path / "curves.png")
     with Image.open(picture) as image:
         assert image.size[0] > 100
+
+
+def test_command_takes_every_argument_as_a_flag(tmp_path: Path) -> None:
+    """The subcommands' arguments are flags (docstring examples; a --config completed by --output)."""
+    from efficientad_plugin.cli.convergence import main
+
+    results = {"recipe": "paper", "data": "Folder root=x", "rows": [
+        {"step": 250, "train_minutes": 27.0, "image_AUROC": 0.63}, {"step": 500, "train_minutes": 50.0,
+                                                                    "image_AUROC": 0.68}]}
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / RESULTS).write_text(json.dumps(results))
+    written = main(["plot", "--results", f"[{tmp_path}/*/{RESULTS}]", "--output", str(tmp_path / "curves.png")])
+    assert Path(written).is_file()
+    with pytest.raises(SystemExit):  # positionals are gone: a bare path is not an argument
+        main(["plot", str(tmp_path / "run" / RESULTS), str(tmp_path / "other.png")])

@@ -80,7 +80,8 @@ def main(argv: list[str] | None = None) -> object:
     """Run one subcommand."""
     from jsonargparse import CLI
 
-    return CLI([run, reference, plot], args=argv, description=__doc__)
+    # as_positional=False: every argument is a flag, so a config file can be completed (or overridden) by flags
+    return CLI([run, reference, plot], args=argv, description=__doc__, as_positional=False)
 
 
 command = console_command(main)
