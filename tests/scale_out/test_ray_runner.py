@@ -20,10 +20,7 @@ import pytest
 import yaml
 
 pytest.importorskip("ray")
-# Passes (122 s on an idle 2-core AMD EPYC, 2026-12-03) since run_job validates after a resumed fit; skipped here
-# only because the suite is close to CI's 20-minute budget: unskip once the suite has room (issue 19).
-pytestmark = [pytest.mark.slow,
-              pytest.mark.skip(reason="issue 19: 2 min of Ray; the suite is at CI's time budget")]
+pytestmark = pytest.mark.slow  # a real local Ray instance and three small training jobs: about two minutes
 
 STEPS, EVERY = 12, 4
 
