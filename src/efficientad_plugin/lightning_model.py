@@ -155,15 +155,14 @@ class EfficientAdPlugin(AnomalibModule):
         The evaluator's state sits twice in a checkpoint: in the model's state dict and as a callback's state.
         """
         super().on_load_checkpoint(checkpoint)
-        own = self.state_dict()
-        states = [(checkpoint.get("state_dict", {}), "")]
-        if self.evaluator is not None and self.evaluator.state_key in checkpoint.get("callbacks", {}):
-            states.append((checkpoint["callbacks"][self.evaluator.state_key], "evaluator."))
-        foreign = []
-        for state, prefix in states:
-            for key in [key for key in state if (prefix + key).startswith("evaluator.") and prefix + key not in own]:
-                foreign.append(prefix + key)
-                del state[key]
+        own = self.state_dict().keys()
+        model_state = checkpoint.get("state_dict", {})
+        foreign = [key for key in model_state if key.startswith("evaluator.") and key not in own]
+        callback_state = checkpoint.get("callbacks", {}).get(getattr(self.evaluator, "state_key", None), {})
+        foreign += [f"evaluator.{key}" for key in callback_state if f"evaluator.{key}" not in own]
+        for key in foreign:
+            model_state.pop(key, None)
+            callback_state.pop(key.removeprefix("evaluator."), None)
         if foreign:
             logger.info("Ignoring metric states that this model's evaluator lacks: %s", ", ".join(sorted(set(foreign))))
 

@@ -9,9 +9,6 @@ from pathlib import Path
 
 import numpy as np
 
-# OpenVINO runs in bf16 on CPUs with bf16 support unless told otherwise; benchmarks compare true f32.
-PRECISION_HINT = {"INFERENCE_PRECISION_HINT": "f32"}
-
 
 def peak_memory_mib() -> float:
     """This process's peak resident memory (VmHWM) in MiB; NaN where /proc is missing."""
@@ -40,7 +37,8 @@ def measure_openvino(xml: str | Path, size: tuple[int, int], warmup: int, runs: 
                      images: int, precision: str = "f32") -> dict[str, float]:
     """Latency (synchronous, LATENCY hint) and throughput (AsyncInferQueue, THROUGHPUT hint) at batch 1.
 
-    ``precision`` is the ``INFERENCE_PRECISION_HINT`` (f32 unless asked: see ``PRECISION_HINT``).
+    ``precision`` is the ``INFERENCE_PRECISION_HINT``: f32 by default, since OpenVINO would otherwise run bf16 on
+    CPUs with bf16 support and a benchmark would not compare true f32.
     """
     import openvino as ov
 

@@ -24,7 +24,6 @@ from ..callbacks import STEP_CHECKPOINT
 
 RESULT = "result.json"
 RUNNING = "running.json"
-METRICS = ("image_AUROC", "pixel_AUROC", "pixel_AUPRO", "image_F1Score", "pixel_F1Score")
 
 
 @dataclass
@@ -101,7 +100,7 @@ def run_job(job: Job, folder: str | Path, export: bool = True, int8: bool = Fals
     import torch
     from anomalib.cli import AnomalibCLI
 
-    from ..benchmarking.convergence import evaluator
+    from ..benchmarking.convergence import METRICS, evaluator
 
     folder = Path(folder)
     done = finished_result(folder)
