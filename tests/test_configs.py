@@ -65,3 +65,30 @@ def test_convergence_configs_parse_for_their_subcommand_with_held_out_validation
         assert parsed.steps == sorted(parsed.steps) and parsed.steps[0] >= 100
         model = parser.instantiate_classes(parsed).model  # builds the plugin with the config's arguments
         assert type(model).__name__ == "EfficientAdPlugin"
+
+
+def test_fast_preset_changes_only_the_schedule_and_precision_of_the_paper_recipe() -> None:
+    """The preset's learning rate at given steps, and the paper's losses and networks at every step."""
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    paper = AnomalibCLI(["fit", "--config", str(configs / "efficientad_plugin.yaml")], run=False)
+    fast = AnomalibCLI(["fit", "--config", str(configs / "efficientad_plugin_fast.yaml")], run=False)
+    assert fast.config.fit.trainer.precision == "bf16-mixed"
+    assert paper.config.fit.trainer.precision in (None, "32", "32-true")
+    differing = {name for name, value in fast.model.hparams.items() if paper.model.hparams.get(name) != value}
+    assert differing == {"max_steps", "lr", "lr_schedule"}  # same networks, losses, penalty, teacher, image size
+    model = fast.model
+    configuration = model.configure_optimizers()
+    optimizer, scheduler = configuration["optimizer"], configuration["lr_scheduler"]["scheduler"]
+    assert configuration["lr_scheduler"]["interval"] == "step"
+    rates = []
+    for _ in range(model.max_steps):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    peak = model.lr
+    assert model.max_steps == 1500 and peak == pytest.approx(1e-3)
+    assert rates[0] == pytest.approx(peak / 25)  # warm-up from lr/25 ...
+    assert rates[74] == pytest.approx(peak)  # ... to the peak at the end of the first 5 % (75 steps)
+    assert rates[787] == pytest.approx(peak / 2, rel=0.01)  # cosine: half the peak midway through the decay
+    assert rates[-1] == pytest.approx(peak / 2500, rel=1e-3)
+    assert model.trainer_arguments["max_steps"] == 1500 and model.trainer_arguments["val_check_interval"] == 1500

@@ -31,7 +31,8 @@ def _engine(tmp_path: Path) -> Engine:
 @pytest.mark.parametrize(
     ("arguments", "message"),
     [({"image_size": 224}, "256"), ({"image_size": (256, 255)}, "256"), ({"model_size": "large"}, "small"),
-     ({"max_steps": 0}, "max_steps"), ({"teacher_cache_mib": -1}, "teacher_cache_mib")],
+     ({"max_steps": 0}, "max_steps"), ({"teacher_cache_mib": -1}, "teacher_cache_mib"),
+     ({"lr_schedule": "cosine"}, "lr_schedule"), ({"warmup_fraction": 0.0}, "warmup_fraction")],
 )
 def test_bad_arguments_fail_at_construction(arguments: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
@@ -61,6 +62,30 @@ def test_learning_rate_drops_tenfold_at_95_percent_of_steps_per_step() -> None:
     optimised = {id(parameter) for group in optimizer.param_groups for parameter in group["params"]}
     assert not optimised & {id(parameter) for parameter in model.model.teacher.parameters()}
     assert optimised == {id(p) for p in [*model.model.student.parameters(), *model.model.autoencoder.parameters()]}
+
+
+def test_one_cycle_schedule_peaks_at_lr_after_the_warm_up_and_ends_near_zero() -> None:
+    model = EfficientAdPlugin(teacher_weights="untrained", max_steps=100, lr=1e-3, lr_schedule="one_cycle",
+                              warmup_fraction=0.1)
+    configuration = model.configure_optimizers()
+    optimizer, scheduler = configuration["optimizer"], configuration["lr_scheduler"]["scheduler"]
+    rates = []
+    for _ in range(100):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert rates[0] == pytest.approx(1e-3 / 25) and rates[9] == pytest.approx(1e-3)
+    assert rates[-1] == pytest.approx(1e-3 / 2500, rel=1e-3)
+
+
+def test_bf16_mixed_on_a_cpu_without_native_bf16_is_refused_before_training(
+        synthetic_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("efficientad_plugin.lightning_model.cpu_has_native_bf16", lambda: False)  # an AVX2 CPU
+    model = EfficientAdPlugin(teacher_weights="untrained", penalty_dir=None, max_steps=1)
+    engine = Engine(default_root_dir=tmp_path, logger=False, accelerator="cpu", devices=1, precision="bf16-mixed")
+    with pytest.raises(ValueError, match="--trainer.precision 32"):
+        engine.fit(model, _datamodule(synthetic_root))
+    assert model.global_step == 0
 
 
 def test_pre_processor_resizes_to_image_size_without_normalising() -> None:
@@ -135,21 +160,36 @@ def test_model_pickles_without_data_iterators(penalty_folder: Path) -> None:
     assert torch.equal(restored.penalty_images.sample(3, 0), model.penalty_images.sample(3, 0))
 
 
+class LearningRateRecorder(Callback):
+    """The learning rate each training step runs at."""
+
+    def __init__(self) -> None:
+        self.rates: dict[int, float] = {}
+
+    def on_train_batch_start(self, trainer: Trainer, *args: object) -> None:
+        self.rates[trainer.global_step] = trainer.optimizers[0].param_groups[0]["lr"]
+
+
 def test_step_checkpoint_is_written_every_n_steps_and_resumes(synthetic_root: Path, tmp_path: Path) -> None:
-    model = EfficientAdPlugin(teacher_weights="untrained", penalty_dir=None, max_steps=5, checkpoint_every_n_steps=2)
+    model = EfficientAdPlugin(teacher_weights="untrained", penalty_dir=None, max_steps=6, checkpoint_every_n_steps=2,
+                              evaluator=False, visualizer=False)
     engine = _engine(tmp_path / "first")
-    engine.fit(model, _datamodule(synthetic_root))
+    engine.fit(model, _datamodule(synthetic_root))  # lr x0.1 from step 5 of 6
     last_step = next((tmp_path / "first").rglob("last_step.ckpt"))
     assert last_step.parent == next((tmp_path / "first").rglob("model.ckpt")).parent
     state = torch.load(last_step, map_location="cpu", weights_only=False)
-    assert state["global_step"] == 4  # written at steps 2 and 4; step 5 is the final model.ckpt
+    assert state["global_step"] == 4  # written at steps 2 and 4; step 6 is the final model.ckpt
     assert torch.isfinite(state["state_dict"]["model.teacher_mean"]).all()
-    resumed = EfficientAdPlugin(teacher_weights="untrained", penalty_dir=None, max_steps=5,
-                                checkpoint_every_n_steps=2)
-    engine = _engine(tmp_path / "second")
+    # resumed with a larger budget, the run follows that budget's schedule: x0.1 at step 9 of 10, not at 5
+    resumed = EfficientAdPlugin(teacher_weights="untrained", penalty_dir=None, max_steps=10,
+                                checkpoint_every_n_steps=2, evaluator=False, visualizer=False)
+    recorder = LearningRateRecorder()
+    engine = Engine(default_root_dir=tmp_path / "second", logger=False, accelerator="cpu", devices=1,
+                    callbacks=[recorder])
     engine.fit(resumed, _datamodule(synthetic_root), ckpt_path=str(last_step))
-    assert engine.trainer.global_step == 5
+    assert engine.trainer.global_step == 10
     assert resumed.model.anomaly_map_generator.is_fitted
+    assert recorder.rates == {**dict.fromkeys(range(4, 9), pytest.approx(1e-4)), 9: pytest.approx(1e-5)}
 
 
 def test_checkpoint_interval_must_be_positive() -> None:

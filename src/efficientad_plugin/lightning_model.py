@@ -22,12 +22,14 @@ from torchvision.transforms.v2 import Compose, Resize
 from .augmentation import random_color_adjustment
 from .autoencoder import check_image_size
 from .callbacks import NonFiniteLossGuard, ResumableDataOrder, StepCheckpoint
+from .hardware import cpu_description, cpu_has_native_bf16
 from .input_checks import check_datamodule, parse_val_split_mode
 from .loss import EfficientAdLoss
 from .pdn import check_model_size, load_pdn_state_dict
 from .penalty import BUNDLED, PenaltyImages
 from .post_processing import FalseAlarmRatePostProcessor
 from .randomness import AUGMENTATION_STREAM, step_generator
+from .schedules import keep_position_only, one_cycle, paper_step_decay
 from .teacher_cache import TeacherCache, uncacheable_reason
 from .teacher_weights import is_paper_teacher, load_teacher_state_dict
 from .torch_model import EfficientAdPluginModel
@@ -38,7 +40,7 @@ _NO_VALIDATION_IMAGES = (
     "EfficientAdPlugin needs validation images of normal parts to fit its map normalisation after training. "
     "Set --data.val_split_mode from_train (the paper holds out 10 % of the training images)."
 )
-LR_DECAY_AT = 0.95  # the learning rate drops x0.1 after 95 % of the steps (66,500 of 70,000 in the paper)
+LR_SCHEDULES = ("paper", "one_cycle")
 
 
 class EfficientAdPlugin(AnomalibModule):
@@ -53,7 +55,11 @@ class EfficientAdPlugin(AnomalibModule):
             ``None`` trains without it, which costs accuracy on logical anomalies.
         image_size: ``(height, width)`` the images are resized to; at least 256 per side.
         max_steps: training steps (batch 1), 70,000 in the paper; passed to the trainer.
-        lr: Adam learning rate.
+        lr: Adam learning rate (the peak rate of ``one_cycle``).
+        lr_schedule: ``"paper"``: constant, x0.1 for the last 5 % of ``max_steps``; ``"one_cycle"``: warm-up from
+            lr/25, cosine decay to lr/2500 over ``max_steps`` (the fast preset's). A run resumed with another
+            ``max_steps`` follows the schedule of the new budget.
+        warmup_fraction: ``one_cycle``'s share of ``max_steps`` spent warming up.
         weight_decay: Adam weight decay.
         checkpoint_every_n_steps: save a resumable ``last_step.ckpt`` beside ``model.ckpt`` this often, so that an
             interrupted run loses at most this many steps (resume with ``--ckpt_path``).
@@ -70,6 +76,8 @@ class EfficientAdPlugin(AnomalibModule):
         image_size: tuple[int, int] | int = (256, 256),
         max_steps: int = 70_000,
         lr: float = 1e-4,
+        lr_schedule: str = "paper",
+        warmup_fraction: float = 0.05,
         weight_decay: float = 1e-5,
         checkpoint_every_n_steps: int = 5_000,
         teacher_cache_mib: float = 1024,
@@ -82,6 +90,12 @@ class EfficientAdPlugin(AnomalibModule):
         check_model_size(model_size)
         if max_steps < 1:
             msg = f"max_steps must be a positive number of training steps, got {max_steps}."
+            raise ValueError(msg)
+        if lr_schedule not in LR_SCHEDULES:
+            msg = f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {lr_schedule!r}."
+            raise ValueError(msg)
+        if not 0 < warmup_fraction < 1:
+            msg = f"warmup_fraction must lie between 0 and 1 (a share of max_steps), got {warmup_fraction}."
             raise ValueError(msg)
         if teacher_cache_mib < 0:
             msg = f"teacher_cache_mib must be 0 (no cache) or a positive number of MiB, got {teacher_cache_mib}."
@@ -101,6 +115,8 @@ class EfficientAdPlugin(AnomalibModule):
         self.image_size = image_size
         self.max_steps = max_steps
         self.lr = lr
+        self.lr_schedule = lr_schedule
+        self.warmup_fraction = warmup_fraction
         self.weight_decay = weight_decay
         self.checkpoint_every_n_steps = checkpoint_every_n_steps
         self.step_checkpoint = step_checkpoint
@@ -140,21 +156,24 @@ class EfficientAdPlugin(AnomalibModule):
         }
 
     def configure_optimizers(self) -> dict[str, Any]:
-        """Adam on student and autoencoder; the learning rate drops x0.1 at 95 % of ``max_steps``, per step."""
+        """Adam on student and autoencoder, with ``lr_schedule`` over ``max_steps``, stepped per training step."""
         parameters = [*self.model.student.parameters(), *self.model.autoencoder.parameters()]
         optimizer = torch.optim.Adam(parameters, lr=self.lr, weight_decay=self.weight_decay)
-        decay_step = max(1, int(LR_DECAY_AT * self.max_steps))
-        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=decay_step, gamma=0.1)
+        if self.lr_schedule == "one_cycle":
+            scheduler = one_cycle(optimizer, self.lr, self.max_steps, self.warmup_fraction)
+        else:
+            scheduler = paper_step_decay(optimizer, self.max_steps)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Restore anomalib's components; ignore metric states of an evaluator this model does not have.
+        """Restore anomalib's components; take the schedule's shape from this model; ignore foreign metric states.
 
         A checkpoint trained with other test metrics (e.g. AU-PRO, whose ``fpr_limit`` is a buffer) would
         otherwise fail to load with "Unexpected key(s)": the metrics are evaluation settings, not the model.
         The evaluator's state sits twice in a checkpoint: in the model's state dict and as a callback's state.
         """
         super().on_load_checkpoint(checkpoint)
+        keep_position_only(checkpoint.get("lr_schedulers", []))  # the schedule follows this run's max_steps
         own = self.state_dict().keys()
         model_state = checkpoint.get("state_dict", {})
         foreign = [key for key in model_state if key.startswith("evaluator.") and key not in own]
@@ -179,7 +198,14 @@ class EfficientAdPlugin(AnomalibModule):
         return images.to(self.device)
 
     def on_fit_start(self) -> None:
-        """Check the data before any training work: every file decodes, and the validation split fits the maps."""
+        """Check before any training work: bf16 only where native, every file decodes, validation fits the maps."""
+        precision = str(getattr(self.trainer, "precision", "32"))
+        if "bf16" in precision and self.device.type == "cpu" and not cpu_has_native_bf16():
+            msg = (
+                f"--trainer.precision {precision} on a CPU without native bf16 ({cpu_description()}): torch emulates "
+                f"bf16 there, about 30x slower than fp32. Train with --trainer.precision 32 on this machine."
+            )
+            raise ValueError(msg)
         if self.trainer.datamodule is not None:
             check_datamodule(self.trainer.datamodule)
         val_split_mode = parse_val_split_mode(getattr(self.trainer.datamodule, "val_split_mode", None))

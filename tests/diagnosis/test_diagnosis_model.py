@@ -123,6 +123,13 @@ def test_training_budget_decay_and_unfitted_statistics_from_checkpoint_contents(
     check_teacher(section, checkpoint)
     assert section.facts["training"]["lr_decayed"] is True
     assert [(finding.check, finding.severity) for finding in section.findings] == [("teacher", Severity.ERROR)]
+    # a one-cycle run decays all along: no step-decay warning before 95 % of its steps
+    checkpoint["global_step"] = 1_000
+    checkpoint["hyper_parameters"].update(max_steps=1_500, lr_schedule="one_cycle")
+    section = Section("Model")
+    check_training(section, checkpoint)
+    assert section.facts["training"]["lr_schedule"] == "one_cycle"
+    assert "learning-rate decay" not in {finding.check for finding in section.findings}
 
 
 def test_border_shares_find_mass_at_the_edges() -> None:

@@ -45,31 +45,43 @@ def evaluator() -> object:
 class SnapshotAtSteps(Callback):
     """Save ``step_<n>.ckpt`` in ``folder`` when training reaches each of ``steps``, with its training seconds.
 
-    The seconds are summed over resumptions (they travel in the callback's checkpoint state).
+    Beside each snapshot, ``step_<n>.json`` holds the seconds (summed over resumptions: they travel in the
+    callback's checkpoint state) and the mean training loss since the previous snapshot, a yardstick between
+    recipes that needs no test image.
     """
 
     def __init__(self, steps: Sequence[int], folder: str | Path) -> None:
         self.steps = sorted(set(steps))
         self.folder = Path(folder)
         self.seconds, self._began = 0.0, 0.0
+        self.loss_sum, self.loss_count = 0.0, 0
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._began = time.perf_counter()
 
-    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args: object) -> None:
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any,  # noqa: ANN401
+                           *args: object) -> None:
         now = time.perf_counter()
         self.seconds, self._began = self.seconds + now - self._began, now
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        if loss is not None:
+            self.loss_sum, self.loss_count = self.loss_sum + float(loss), self.loss_count + 1
         step = trainer.global_step
         if step in self.steps:
             save_atomically(trainer, self.folder / f"step_{step}.ckpt")
-            (self.folder / f"step_{step}.json").write_text(json.dumps({"step": step, "train_seconds": self.seconds}))
+            mean_loss = self.loss_sum / self.loss_count if self.loss_count else None
+            (self.folder / f"step_{step}.json").write_text(json.dumps(
+                {"step": step, "train_seconds": self.seconds, "train_loss": mean_loss}))
+            self.loss_sum, self.loss_count = 0.0, 0
             self._began = time.perf_counter()  # saving is not training
 
     def state_dict(self) -> dict[str, float]:
-        return {"seconds": self.seconds}
+        return {"seconds": self.seconds, "loss_sum": self.loss_sum, "loss_count": self.loss_count}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.seconds = float(state_dict["seconds"])
+        self.loss_sum = float(state_dict.get("loss_sum", 0.0))
+        self.loss_count = int(state_dict.get("loss_count", 0))
 
 
 def _load_results(path: Path) -> dict[str, Any]:
@@ -86,12 +98,16 @@ def _evaluate(model: Any, datamodule: Any, checkpoint: Path | None, workdir: Pat
 
 
 def convergence_run(model: Any, datamodule: Any, steps: Sequence[int], output: str | Path,  # noqa: ANN401
-                    recipe: str, resume: bool = True, accelerator: str = "auto") -> dict[str, Any]:
+                    recipe: str, resume: bool = True, accelerator: str = "auto", precision: str = "32",
+                    start_from: str | Path | None = None) -> dict[str, Any]:
     """Train ``model`` to ``max(steps)`` once, snapshot at ``steps``, evaluate each snapshot; return the results.
 
     ``model.max_steps`` is set to ``max(steps)``: the learning-rate schedule is that of a run of that length. With
     ``resume`` a run interrupted in training continues from its ``last_step.ckpt``, and finished snapshots are
-    not evaluated again. The results (``<output>/results.json``) name the recipe, the data and the machine.
+    not evaluated again. ``start_from`` continues a snapshot of a shorter run of the same recipe when this run
+    has no checkpoint yet: its steps, training seconds and data order carry on, and the learning-rate schedule
+    becomes this run's (e.g. the paper recipe is identical up to 95 % of the shorter run's steps). The results
+    (``<output>/results.json``) name the recipe, the precision, the data and the machine.
     """
     from anomalib.engine import Engine
 
@@ -101,22 +117,27 @@ def convergence_run(model: Any, datamodule: Any, steps: Sequence[int], output: s
     results_path = output / RESULTS
     results = _load_results(results_path)
     results.update({"recipe": recipe, "model": type(model).__name__, "machine": cpu_description(),
-                    "platform": platform.platform(), "data": _describe(datamodule), "steps": sorted(set(steps))})
+                    "platform": platform.platform(), "data": _describe(datamodule), "steps": sorted(set(steps)),
+                    "precision": precision})
     model.max_steps = max(steps)
     model.evaluator = evaluator()
     last = max(steps)
     if not (snapshots / f"step_{last}.ckpt").is_file():
         engine = Engine(default_root_dir=output / "train", logger=False, devices=1, accelerator=accelerator,
-                        callbacks=[SnapshotAtSteps(steps, snapshots)])
+                        precision=precision, callbacks=[SnapshotAtSteps(steps, snapshots)])
         resume_from = next(iter(sorted((output / "train").rglob(STEP_CHECKPOINT))), None) if resume else None
+        if resume_from is None and start_from is not None:
+            resume_from = Path(start_from)
+            results["started_from"] = str(resume_from)
         engine.fit(model, datamodule, ckpt_path=resume_from)
     done = {row["step"] for row in results["rows"]}
     for step in sorted(set(steps) - done):
         checkpoint = snapshots / f"step_{step}.ckpt"
         started = time.perf_counter()
         metrics = _evaluate(model, datamodule, checkpoint, output / "evaluate")
-        seconds = json.loads(checkpoint.with_suffix(".json").read_text())["train_seconds"]
-        results["rows"].append({"step": step, "train_minutes": round(seconds / 60, 2), **metrics,
+        snapshot = json.loads(checkpoint.with_suffix(".json").read_text())
+        results["rows"].append({"step": step, "train_minutes": round(snapshot["train_seconds"] / 60, 2),
+                                "train_loss": snapshot.get("train_loss"), **metrics,
                                 "evaluate_seconds": round(time.perf_counter() - started, 1)})
         results["rows"].sort(key=lambda row: row["step"])
         results_path.write_text(json.dumps(results, indent=2))

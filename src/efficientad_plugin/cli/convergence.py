@@ -25,7 +25,7 @@ from efficientad_plugin.cli import console_command
 
 
 def run(model: AnomalibModule, data: AnomalibDataModule, steps: list[int], output: Path, recipe: str,
-        seed: int = 0, accelerator: str = "auto") -> dict:
+        seed: int = 0, accelerator: str = "auto", precision: str = "32", start_from: Path | None = None) -> dict:
     """Train once to max(steps), snapshot and evaluate at each step.
 
     Args:
@@ -36,11 +36,14 @@ def run(model: AnomalibModule, data: AnomalibDataModule, steps: list[int], outpu
         recipe: the name of this recipe on the plot.
         seed: seed for Lightning (data order, initialisation).
         accelerator: Lightning accelerator.
+        precision: Lightning precision, e.g. 32 or bf16-mixed.
+        start_from: a snapshot (step_<n>.ckpt) of a shorter run of the same recipe to continue from.
     """
     from lightning.pytorch import seed_everything
 
     seed_everything(seed)
-    return convergence_run(model, data, steps, output, recipe, accelerator=accelerator)
+    return convergence_run(model, data, steps, output, recipe, accelerator=accelerator, precision=precision,
+                           start_from=start_from)
 
 
 def reference(model: AnomalibModule, data: AnomalibDataModule, output: Path, recipe: str, seed: int = 0,

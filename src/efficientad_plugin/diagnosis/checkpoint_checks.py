@@ -5,8 +5,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from ..lightning_model import LR_DECAY_AT
 from ..post_processing import images_needed
+from ..schedules import LR_DECAY_AT
 from ..teacher_weights import UNTRAINED, is_paper_teacher
 from .findings import Section, Severity
 
@@ -22,8 +22,9 @@ def check_training(section: Section, checkpoint: dict[str, Any]) -> None:
     steps, max_steps = int(checkpoint.get("global_step", 0)), int(hyper_parameters.get("max_steps", PAPER_STEPS))
     decay_step = max(1, int(LR_DECAY_AT * max_steps))  # the scheduler's step size: later steps use lr x 0.1
     decayed = steps > decay_step
+    schedule = str(hyper_parameters.get("lr_schedule", "paper"))
     section.facts["training"] = {"steps": steps, "max_steps": max_steps, "paper_steps": PAPER_STEPS,
-                                 "lr_decay_step": decay_step, "lr_decayed": decayed}
+                                 "lr_schedule": schedule, "lr_decay_step": decay_step, "lr_decayed": decayed}
     if steps < max_steps:
         section.add(Severity.WARNING, "interrupted run",
                     f"The checkpoint has {steps:,} of its {max_steps:,} steps: the run stopped early.",
@@ -34,7 +35,7 @@ def check_training(section: Section, checkpoint: dict[str, Any]) -> None:
                     f"Trained {steps:,} steps, {steps / PAPER_STEPS:.1%} of the paper's {PAPER_STEPS:,}: the "
                     f"student and autoencoder are not converged, and the autoencoder learns slowest.",
                     f"Train with --model.max_steps {PAPER_STEPS}.")
-    if not decayed:
+    if schedule == "paper" and not decayed:  # one_cycle decays all along its cosine
         section.add(Severity.WARNING, "learning-rate decay",
                     f"No step trained at the lowered learning rate (x0.1 after step {decay_step:,}, 95 % of "
                     f"max_steps): the paper's last 5 % of steps at the lower rate settle student and autoencoder.",

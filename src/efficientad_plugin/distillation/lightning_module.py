@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader
 
 from ..images import list_images
 from ..pdn import TEACHER_CHANNELS, PatchDescriptionNetwork, load_pdn_state_dict
+from ..schedules import one_cycle
 from ..statistics import channel_statistics
 from ..teacher_weights import load_teacher_state_dict
 from ..torch_model import IMAGENET_MEAN, IMAGENET_STD
@@ -24,16 +25,10 @@ STATISTICS_SEED_OFFSET = 7919  # the statistics images are drawn apart from the 
 
 def learning_rate_schedule(optimizer: torch.optim.Optimizer,
                            config: DistillationConfig) -> torch.optim.lr_scheduler.LRScheduler:
-    """The paper's constant rate, or torch's one-cycle (warm-up from lr/25, cosine decay to lr/2500) over ``steps``.
-
-    A CPU affords a few thousand steps, not the paper's 60,000: a higher peak rate with decay gets further in them.
-    Adam's betas stay fixed (no momentum cycling).
-    """
+    """The paper's constant rate, or the one-cycle schedule (:func:`~efficientad_plugin.schedules.one_cycle`)."""
     if config.schedule == "constant":
         return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
-    return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=config.steps,
-                                               pct_start=config.warmup_fraction, cycle_momentum=False,
-                                               anneal_strategy="cos", div_factor=25.0, final_div_factor=100.0)
+    return one_cycle(optimizer, config.lr, config.steps, config.warmup_fraction)
 
 
 class TeacherDistillation(LightningModule):
