@@ -47,16 +47,22 @@ def test_trainer_arguments_carry_the_step_budget_and_one_final_validation() -> N
     assert arguments["max_epochs"] == -1
 
 
-def test_learning_rate_drops_tenfold_at_95_percent_of_steps_per_step() -> None:
-    model = EfficientAdPlugin(teacher_weights="untrained", max_steps=20)
+def _scheduled_rates(model: EfficientAdPlugin) -> tuple[list[float], torch.optim.Optimizer]:
+    """The learning rate of each of the model's ``max_steps`` steps, stepping its optimizer and scheduler."""
     configuration = model.configure_optimizers()
     assert configuration["lr_scheduler"]["interval"] == "step"
     optimizer, scheduler = configuration["optimizer"], configuration["lr_scheduler"]["scheduler"]
-    learning_rates = []
-    for _ in range(20):
-        learning_rates.append(optimizer.param_groups[0]["lr"])
+    rates = []
+    for _ in range(model.max_steps):
+        rates.append(optimizer.param_groups[0]["lr"])
         optimizer.step()
         scheduler.step()
+    return rates, optimizer
+
+
+def test_learning_rate_drops_tenfold_at_95_percent_of_steps_per_step() -> None:
+    model = EfficientAdPlugin(teacher_weights="untrained", max_steps=20)
+    learning_rates, optimizer = _scheduled_rates(model)
     assert learning_rates[:19] == [pytest.approx(1e-4)] * 19  # steps 0..18
     assert learning_rates[19] == pytest.approx(1e-5)  # step 19 = int(0.95 * 20)
     optimised = {id(parameter) for group in optimizer.param_groups for parameter in group["params"]}
@@ -67,13 +73,7 @@ def test_learning_rate_drops_tenfold_at_95_percent_of_steps_per_step() -> None:
 def test_one_cycle_schedule_peaks_at_lr_after_the_warm_up_and_ends_near_zero() -> None:
     model = EfficientAdPlugin(teacher_weights="untrained", max_steps=100, lr=1e-3, lr_schedule="one_cycle",
                               warmup_fraction=0.1)
-    configuration = model.configure_optimizers()
-    optimizer, scheduler = configuration["optimizer"], configuration["lr_scheduler"]["scheduler"]
-    rates = []
-    for _ in range(100):
-        rates.append(optimizer.param_groups[0]["lr"])
-        optimizer.step()
-        scheduler.step()
+    rates, _ = _scheduled_rates(model)
     assert rates[0] == pytest.approx(1e-3 / 25) and rates[9] == pytest.approx(1e-3)
     assert rates[-1] == pytest.approx(1e-3 / 2500, rel=1e-3)
 

@@ -84,5 +84,14 @@ def test_command_takes_every_argument_as_a_flag(tmp_path: Path) -> None:
     (tmp_path / "run" / RESULTS).write_text(json.dumps(results))
     written = main(["plot", "--results", f"[{tmp_path}/*/{RESULTS}]", "--output", str(tmp_path / "curves.png")])
     assert Path(written).is_file()
+    reference = {"recipe": "PatchCore", "data": "Folder root=x", "reference": True,
+                 "rows": [{"step": None, "train_minutes": 40.0, "image_AUROC": 0.8}]}
+    (tmp_path / "reference").mkdir()
+    (tmp_path / "reference" / RESULTS).write_text(json.dumps(reference))
+    stepped = main(["plot", "--results", f"[{tmp_path}/*/{RESULTS}]", "--x_axis", "steps",
+                    "--output", str(tmp_path / "steps.png")])
+    assert Path(stepped).read_bytes() != Path(written).read_bytes()
+    with pytest.raises(ValueError, match="x_axis"):
+        plot_curves([tmp_path / "run" / RESULTS], tmp_path / "hours.png", x_axis="hours")
     with pytest.raises(SystemExit):  # positionals are gone: a bare path is not an argument
         main(["plot", str(tmp_path / "run" / RESULTS), str(tmp_path / "other.png")])

@@ -173,13 +173,21 @@ def _describe(datamodule: Any) -> str:  # noqa: ANN401
     return " ".join(str(part) for part in parts)
 
 
-def plot_curves(results_files: Sequence[str | Path], output: str | Path, metric: str = "image_AUROC") -> Path:
-    """``metric`` against training minutes, one line per results file (a recipe), references as horizontal marks."""
+def plot_curves(results_files: Sequence[str | Path], output: str | Path, metric: str = "image_AUROC",
+                x_axis: str = "minutes") -> Path:
+    """``metric`` against training minutes or steps, one line per results file, references as horizontal lines.
+
+    Minutes are each run's own wall clock, so they compare only runs made alike (same CPU kind, threads, load);
+    steps compare recipes on any machine (time = steps x the machine's seconds per step, docs/performance.md).
+    """
     import matplotlib as mpl
 
     mpl.use("Agg")
     import matplotlib.pyplot as plt
 
+    if x_axis not in ("minutes", "steps"):
+        msg = f"x_axis must be 'minutes' or 'steps', got {x_axis!r}."
+        raise ValueError(msg)
     figure, axis = plt.subplots(figsize=(7, 4.5))
     for path in results_files:
         results = json.loads(Path(path).read_text())
@@ -187,17 +195,21 @@ def plot_curves(results_files: Sequence[str | Path], output: str | Path, metric:
         if not rows:
             continue
         label = f"{results['recipe']} ({results['data'].split()[-1]})"
-        minutes = [row["train_minutes"] for row in rows]
         values = [row[metric] for row in rows]
         if results.get("reference"):
-            axis.axhline(values[0], linestyle="--", linewidth=1, color="grey")
-            axis.scatter(minutes, values, marker="*", s=120, label=f"{label}, fit time", zorder=3)
+            line = axis.axhline(values[0], linestyle="--", linewidth=1, color="grey",
+                                label=f"{label}, fit {rows[0]['train_minutes']:.0f} min")
+            if x_axis == "minutes":
+                axis.scatter([rows[0]["train_minutes"]], values, marker="*", s=120, zorder=3,
+                             color=line.get_color())
         else:
-            axis.plot(minutes, values, marker="o", label=label)
-            for row in rows:
-                axis.annotate(str(row["step"]), (row["train_minutes"], row[metric]), fontsize=7,
-                              xytext=(3, 3), textcoords="offset points")
-    axis.set_xlabel("training minutes (wall clock, evaluation excluded)")
+            positions = [row["train_minutes"] if x_axis == "minutes" else row["step"] for row in rows]
+            axis.plot(positions, values, marker="o", label=label)
+            for position, row in zip(positions, rows, strict=True):
+                axis.annotate(str(row["step"]) if x_axis == "minutes" else f"{row['train_minutes']:.0f} min",
+                              (position, row[metric]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    axis.set_xlabel("training minutes (wall clock, evaluation excluded)" if x_axis == "minutes"
+                    else "training steps (batch 1)")
     axis.set_ylabel(metric)
     axis.grid(alpha=0.3)
     axis.legend(fontsize=8)
