@@ -194,7 +194,8 @@ def plot_curves(results_files: Sequence[str | Path], output: str | Path, metric:
         rows = [row for row in results["rows"] if metric in row]
         if not rows:
             continue
-        label = f"{results['recipe']} ({results['data'].split()[-1]})"
+        fields = dict(part.split("=", 1) for part in results["data"].split()[1:] if "=" in part)
+        label = f"{results['recipe']} ({fields.get('category') or Path(fields.get('root', '')).name})"
         values = [row[metric] for row in rows]
         if results.get("reference"):
             line = axis.axhline(values[0], linestyle="--", linewidth=1, color="grey",
