@@ -16,23 +16,26 @@ from efficientad_plugin.distillation import feature_extractor, probe
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
-# (category folder, image side the model would use, required image-AUROC margin of V2 over an untrained PDN)
+# (category folder, image side the model would use, required image-AUROC margin of V2 over an untrained PDN,
+# seeded subset). The subsets keep the suite's time: measured gains 0.123 (deeppcb_mini, margin 0.08; with the
+# smaller subset it fell to 0.091, too close) and 0.171 (magnetic_tile with the smaller subset, margin 0.10).
 GATES = {
-    "deeppcb_mini": (REPO_ROOT / "datasets" / "deeppcb_mini" / "pcb", None, 0.08),
-    "magnetic_tile": (SHARED_DATA / "magnetic_tile" / "magnetic_tile", 256, 0.10),
+    "deeppcb_mini": (REPO_ROOT / "datasets" / "deeppcb_mini" / "pcb", None, 0.08,
+                     {"bank_patches": 10_000, "train_images": 40, "test_images": 80}),
+    "magnetic_tile": (SHARED_DATA / "magnetic_tile" / "magnetic_tile", 256, 0.10,
+                      {"bank_patches": 5_000, "train_images": 40, "test_images": 60}),
 }
-SUBSET = {"bank_patches": 10_000, "train_images": 40, "test_images": 80}
 
 
 @pytest.mark.parametrize("dataset", list(GATES))
 def test_v2_teacher_beats_an_untrained_pdn_by_the_acceptance_margin(dataset: str) -> None:
-    category, image_size, margin = GATES[dataset]
+    category, image_size, margin, subset = GATES[dataset]
     if not category.is_dir():
         pytest.skip(f"{category} is not on this machine (the shared development data)")
     results = {}
     for features in ("LITE0_NATURAL2K_V2", "untrained"):
         torch.manual_seed(0)
-        results[features] = probe(category, feature_extractor(features), seed=0, image_size=image_size, **SUBSET)
+        results[features] = probe(category, feature_extractor(features), seed=0, image_size=image_size, **subset)
     gain = results["LITE0_NATURAL2K_V2"]["image_AUROC"] - results["untrained"]["image_AUROC"]
     assert gain >= margin, results
 

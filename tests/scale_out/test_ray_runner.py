@@ -22,7 +22,7 @@ import yaml
 pytest.importorskip("ray")
 pytestmark = pytest.mark.slow  # a real local Ray instance and three small training jobs: about two minutes
 
-STEPS, EVERY = 8, 4
+STEPS, EVERY = 4, 2
 
 
 def _command(jobs_file: Path, log: Path) -> subprocess.Popen:
