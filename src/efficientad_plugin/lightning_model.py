@@ -29,7 +29,7 @@ from .pdn import check_model_size, load_pdn_state_dict
 from .penalty import BUNDLED, PenaltyImages
 from .post_processing import FalseAlarmRatePostProcessor
 from .randomness import AUGMENTATION_STREAM, step_generator
-from .schedules import keep_position_only, one_cycle, paper_step_decay
+from .schedules import check_warmup_fraction, keep_position_only, one_cycle, paper_step_decay
 from .teacher_cache import TeacherCache, uncacheable_reason
 from .teacher_weights import is_paper_teacher, load_teacher_state_dict
 from .torch_model import EfficientAdPluginModel
@@ -94,9 +94,7 @@ class EfficientAdPlugin(AnomalibModule):
         if lr_schedule not in LR_SCHEDULES:
             msg = f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {lr_schedule!r}."
             raise ValueError(msg)
-        if not 0 < warmup_fraction < 1:
-            msg = f"warmup_fraction must lie between 0 and 1 (a share of max_steps), got {warmup_fraction}."
-            raise ValueError(msg)
+        check_warmup_fraction(warmup_fraction)
         if teacher_cache_mib < 0:
             msg = f"teacher_cache_mib must be 0 (no cache) or a positive number of MiB, got {teacher_cache_mib}."
             raise ValueError(msg)

@@ -17,9 +17,21 @@ LR_DECAY_AT = 0.95  # paper: the learning rate drops x0.1 after 95 % of the step
 _SHAPE_KEYS = ("step_size", "total_steps", "_schedule_phases")
 
 
+def paper_decay_step(steps: int) -> int:
+    """The first step of the paper's schedule that runs at the lowered rate (x0.1), for a run of ``steps``."""
+    return max(1, int(LR_DECAY_AT * steps))
+
+
 def paper_step_decay(optimizer: torch.optim.Optimizer, steps: int) -> torch.optim.lr_scheduler.StepLR:
     """The paper's schedule: constant, then x0.1 for the last 5 % of ``steps``."""
-    return torch.optim.lr_scheduler.StepLR(optimizer, step_size=max(1, int(LR_DECAY_AT * steps)), gamma=0.1)
+    return torch.optim.lr_scheduler.StepLR(optimizer, step_size=paper_decay_step(steps), gamma=0.1)
+
+
+def check_warmup_fraction(warmup_fraction: float) -> None:
+    """Refuse a warm-up share outside (0, 1), naming the parameter."""
+    if not 0 < warmup_fraction < 1:
+        msg = f"warmup_fraction must lie between 0 and 1 (a share of the steps), got {warmup_fraction}."
+        raise ValueError(msg)
 
 
 def one_cycle(optimizer: torch.optim.Optimizer, lr: float, steps: int,
@@ -29,9 +41,7 @@ def one_cycle(optimizer: torch.optim.Optimizer, lr: float, steps: int,
     A CPU affords a few thousand steps, not the paper's tens of thousands: a higher peak rate that decays gets
     further in them. Adam's betas stay fixed (no momentum cycling).
     """
-    if not 0 < warmup_fraction < 1:
-        msg = f"warmup_fraction must lie between 0 and 1 (a share of the steps), got {warmup_fraction}."
-        raise ValueError(msg)
+    check_warmup_fraction(warmup_fraction)
     return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps, pct_start=warmup_fraction,
                                                cycle_momentum=False, anneal_strategy="cos", div_factor=25.0,
                                                final_div_factor=100.0)

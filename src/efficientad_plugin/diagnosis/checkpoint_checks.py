@@ -6,7 +6,7 @@ import math
 from typing import Any
 
 from ..post_processing import images_needed
-from ..schedules import LR_DECAY_AT
+from ..schedules import paper_decay_step
 from ..teacher_weights import UNTRAINED, is_paper_teacher
 from .findings import Section, Severity
 
@@ -20,7 +20,7 @@ def check_training(section: Section, checkpoint: dict[str, Any]) -> None:
     """Steps trained against ``max_steps`` and the paper's 70,000, and whether the learning rate dropped."""
     hyper_parameters = checkpoint.get("hyper_parameters", {})
     steps, max_steps = int(checkpoint.get("global_step", 0)), int(hyper_parameters.get("max_steps", PAPER_STEPS))
-    decay_step = max(1, int(LR_DECAY_AT * max_steps))  # the scheduler's step size: later steps use lr x 0.1
+    decay_step = paper_decay_step(max_steps)  # with the paper's schedule, later steps use lr x 0.1
     decayed = steps > decay_step
     schedule = str(hyper_parameters.get("lr_schedule", "paper"))
     section.facts["training"] = {"steps": steps, "max_steps": max_steps, "paper_steps": PAPER_STEPS,
