@@ -35,3 +35,33 @@ def cpu_description() -> str:
     capability = torch.backends.cpu.get_cpu_capability()
     bf16 = "native bf16" if cpu_has_native_bf16() else "no native bf16"
     return f"{name}, {torch.get_num_threads()} threads, {capability}, {bf16}"
+
+
+# mallopt's parameter number for the mmap threshold (glibc's malloc.h).
+_M_MMAP_THRESHOLD = -3
+
+
+def large_allocations_to_mmap(threshold_bytes: int = 1 << 20) -> bool:
+    """Serve every allocation of ``threshold_bytes`` or more from its own mmap, so freeing it returns it to the OS.
+
+    Why: anomalib's greedy coreset (PatchCore's fit) allocates a few MB per iteration; on a 2-core CPU run over
+    702,464 patches glibc's heap grew by about 3 MB per iteration (20 GB at 89 % of its 7,023 iterations, killed
+    on a 24 GB machine). glibc raises its mmap threshold by itself after a large free, which sends those buffers
+    to the heap; a fixed threshold keeps it flat (454 MB heap instead of 4.6 GB at the same point).
+    Same effect as ``MALLOC_MMAP_THRESHOLD_=1048576`` in the environment, but it can be set from inside the
+    process. Nothing in torch or anomalib offers it. Returns False where the C library is not glibc.
+    """
+    import ctypes
+    import ctypes.util
+
+    if threshold_bytes <= 0:
+        msg = f"threshold_bytes must be positive, got {threshold_bytes}."
+        raise ValueError(msg)
+    library = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(library)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError, TypeError):
+        return False
+    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
+    return bool(mallopt(_M_MMAP_THRESHOLD, int(threshold_bytes)))

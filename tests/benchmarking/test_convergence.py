@@ -95,3 +95,18 @@ def test_command_takes_every_argument_as_a_flag(tmp_path: Path) -> None:
         plot_curves([tmp_path / "run" / RESULTS], tmp_path / "hours.png", x_axis="hours")
     with pytest.raises(SystemExit):  # positionals are gone: a bare path is not an argument
         main(["plot", str(tmp_path / "run" / RESULTS), str(tmp_path / "other.png")])
+
+
+def test_reference_fits_once_and_writes_one_row_with_its_fit_minutes(synthetic_root: Path, tmp_path: Path) -> None:
+    from anomalib.models import Patchcore
+
+    from efficientad_plugin.benchmarking.convergence import reference_run
+
+    # untrained backbone: nothing is downloaded; the harness, not PatchCore's quality, is under test
+    model = Patchcore(backbone="resnet18", layers=["layer2"], pre_trained=False, coreset_sampling_ratio=0.1)
+    results = reference_run(model, _datamodule(synthetic_root), tmp_path, "PatchCore test", accelerator="cpu")
+    assert results["reference"] is True and results["recipe"] == "PatchCore test"
+    (row,) = results["rows"]
+    assert row["step"] is None and row["train_minutes"] > 0
+    assert {"image_AUROC", "pixel_AUROC", "pixel_AUPRO"} <= set(row)
+    assert json.loads((tmp_path / RESULTS).read_text()) == results
