@@ -9,6 +9,7 @@ from torch import nn
 from efficientad_plugin.pdn import (
     MODEL_SIZES,
     PatchDescriptionNetwork,
+    batched_pass_is_faster,
     check_model_size,
     load_pdn_state_dict,
     pdn_output_size,
@@ -84,22 +85,44 @@ def test_partial_outputs_are_slices_of_the_full_outputs(batched: bool) -> None:
         torch.testing.assert_close(output, reference, atol=1e-5, rtol=1e-5)
 
 
-def test_partial_outputs_batch_only_off_cpu_and_only_equal_sizes() -> None:
+def test_partial_outputs_on_cpu_take_the_pass_measured_faster_and_batch_only_equal_sizes() -> None:
     pdn = PatchDescriptionNetwork("small", out_channels=8)
     concatenated: list[int] = []
     pdn.conv1.register_forward_hook(lambda _m, inputs, _o: concatenated.append(len(inputs[0])))
+    same = [torch.randn(1, 3, 40, 40)] * 2
     with torch.no_grad():
-        pdn.partial_outputs([torch.randn(1, 3, 40, 40)] * 2, [slice(0, 4)] * 2)
-        assert concatenated == [1, 1]  # CPU: one pass per batch
-        pdn.partial_outputs([torch.randn(1, 3, 40, 40), torch.randn(1, 3, 48, 48)], [slice(0, 4)] * 2)
-        assert concatenated == [1, 1, 1, 1]
+        pdn.partial_outputs(same, [slice(0, 4)] * 2)
+        faster = batched_pass_is_faster(pdn, same, [slice(0, 4)] * 2)  # cached: the choice just made
+        assert concatenated == ([2] if faster else [1, 1])
+        concatenated.clear()
+        pdn.partial_outputs([torch.randn(1, 3, 40, 40), torch.randn(1, 3, 48, 48)], [slice(0, 4)] * 2, batched=True)
+        assert concatenated == [1, 1]  # sizes differ: one pass per batch, whatever was asked
+    assert all(parameter.grad is None for parameter in pdn.parameters())  # the timing ran on another network
     with torch.device("meta"):
         meta = PatchDescriptionNetwork("small", out_channels=8)
         calls: list[int] = []
         meta.conv1.register_forward_hook(lambda _m, inputs, _o: calls.append(len(inputs[0])))
         meta.partial_outputs([torch.empty(1, 3, 40, 40)] * 3, [slice(0, 4)] * 3)
-        meta.partial_outputs([torch.empty(1, 3, 40, 40), torch.empty(1, 3, 48, 48)], [slice(0, 4)] * 2)
-    assert calls == [3, 1, 1]  # elsewhere: one pass for batches of one size
+    assert calls == [3]  # off the CPU: one pass for batches of one size, nothing timed
+
+
+@pytest.mark.parametrize(("batched_seconds", "expected"), [(1.0, True), (3.0, False)])
+def test_batched_pass_is_faster_picks_the_faster_timing_once_per_shape(batched_seconds: float, expected: bool) -> None:
+    """A clock on which the batched pass takes ``batched_seconds`` and one pass per batch 2 s decides the choice."""
+    pdn = PatchDescriptionNetwork("small", out_channels=8)
+    clock, ticks = [0.0], []
+
+    def timer() -> float:  # two calls per timed pass (start, end); the passes alternate, batched first
+        ticks.append(clock[0])
+        if len(ticks) % 2 == 0:
+            clock[0] += batched_seconds if (len(ticks) // 2) % 2 == 1 else 2.0
+        return clock[0]
+
+    inputs = [torch.randn(1, 3, 40 + int(batched_seconds), 40)] * 3  # a shape of its own: not cached yet
+    assert batched_pass_is_faster(pdn, inputs, [slice(0, 4)] * 3, timer=timer) is expected
+    timed = len(ticks)
+    assert batched_pass_is_faster(pdn, inputs, [slice(0, 4)] * 3, timer=timer) is expected
+    assert len(ticks) == timed  # measured once per shape and precision
 
 
 def test_unpadded_output_is_56_for_256() -> None:

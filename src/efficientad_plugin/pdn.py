@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 import re
+import time
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 from torch import nn
 from torch.nn import functional as F  # noqa: N812
+
+logger = logging.getLogger(__name__)
 
 MODEL_SIZES = ("small", "medium")
 TEACHER_CHANNELS = 384
@@ -77,12 +81,15 @@ class PatchDescriptionNetwork(nn.Sequential):
 
         The last convolution computes only the requested channels of each batch: the same numbers as slicing full
         outputs, for less work (the student's last convolution is half of its cost, and each training pass needs
-        half of its channels). ``batched`` runs the layers before it once, on all batches concatenated (their
-        sizes must agree); ``None`` batches everywhere but on CPU, where oneDNN ran three batch-1 passes of PDN-S
-        faster than one batch of three (forward and backward 2.85 s against 3.1 s, docs/performance.md).
+        half of its channels). ``batched`` runs the layers before it once, on all batches concatenated (only
+        where their sizes agree). ``None`` batches off the CPU; on the CPU it takes whichever pass
+        :func:`batched_pass_is_faster` measured faster here, because oneDNN's batch-1 and batch-3 speeds differ by
+        CPU and precision (Zen 4: three batch-1 passes faster in fp32, one batch faster under bf16 autocast).
         """
-        if batched is None:
-            batched = inputs[0].device.type != "cpu" and len({batch.shape[1:] for batch in inputs}) == 1
+        if len({batch.shape[1:] for batch in inputs}) != 1:
+            batched = False
+        elif batched is None:
+            batched = inputs[0].device.type != "cpu" or batched_pass_is_faster(self, inputs, channels)
         # nn.Sequential(...) rather than self[:-1], whose slicing would call this class's constructor
         body, last = nn.Sequential(*list(self)[:-1]), self[-1]
         if batched:
@@ -91,6 +98,46 @@ class PatchDescriptionNetwork(nn.Sequential):
             hidden = [body(batch) for batch in inputs]
         return [F.conv2d(part, last.weight[selected], last.bias[selected], last.stride, last.padding)
                 for part, selected in zip(hidden, channels, strict=True)]
+
+
+# (network size, input shapes, threads, autocast dtype or None) -> whether one batched pass was faster
+_FASTER_PASS: dict[tuple, bool] = {}
+
+
+def batched_pass_is_faster(pdn: PatchDescriptionNetwork, inputs: Sequence[torch.Tensor], channels: Sequence[slice],
+                           repeats: int = 2, timer: Callable[[], float] = time.perf_counter) -> bool:
+    """Whether one batched forward and backward pass beats one pass per batch, timed once per process on this CPU.
+
+    Timed on a network of ``pdn``'s layout (``pdn`` and its gradients stay untouched) with random inputs of the
+    given shapes, in the current autocast state, alternating the two passes after one warm-up of each; the fastest
+    of ``repeats`` counts. Cached per network size, shapes, thread count and autocast dtype, so a training run pays
+    it once (a few seconds). torch and oneDNN have no such choice (``cudnn.benchmark`` is for convolution algorithms on
+    CUDA only), so it is ours.
+    """
+    autocast = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None
+    key = (pdn.model_size, tuple(tuple(batch.shape) for batch in inputs), torch.get_num_threads(), autocast)
+    if key in _FASTER_PASS:
+        return _FASTER_PASS[key]
+    # a fresh network of the same layout: its own gradients, none of ``pdn``'s hooks (timing needs no weights)
+    padding = any(module.padding != 0 for module in pdn.modules() if isinstance(module, nn.AvgPool2d))
+    probe = PatchDescriptionNetwork(pdn.model_size, pdn.out_channels, padding=padding)
+    samples = [torch.rand(batch.shape) for batch in inputs]
+    seconds: dict[bool, list[float]] = {True: [], False: []}
+    with torch.enable_grad():
+        for repeat in range(repeats + 1):
+            for batched in (True, False):
+                started = timer()
+                outputs = probe.partial_outputs(samples, channels, batched=batched)
+                sum(output.float().mean() for output in outputs).backward()
+                elapsed = timer() - started
+                probe.zero_grad(set_to_none=True)
+                if repeat:  # the first round warms up oneDNN's kernels
+                    seconds[batched].append(elapsed)
+    _FASTER_PASS[key] = min(seconds[True]) < min(seconds[False])
+    logger.info("Student pass on this CPU (%s, %d threads, autocast %s): %s (%.3f s batched, %.3f s per batch).",
+                pdn.model_size, key[2], autocast, "batched" if _FASTER_PASS[key] else "one per batch",
+                min(seconds[True]), min(seconds[False]))
+    return _FASTER_PASS[key]
 
 
 def load_pdn_state_dict(pdn: PatchDescriptionNetwork, state_dict: Mapping[str, torch.Tensor], source: str) -> None:
