@@ -91,6 +91,10 @@ def test_command_takes_every_argument_as_a_flag(tmp_path: Path) -> None:
     stepped = main(["plot", "--results", f"[{tmp_path}/*/{RESULTS}]", "--x_axis", "steps",
                     "--output", str(tmp_path / "steps.png")])
     assert Path(stepped).read_bytes() != Path(written).read_bytes()
+    # one glob as a plain string, as the docs write it
+    globbed = main(["plot", "--results", f"{tmp_path}/*/{RESULTS}", "--output", str(tmp_path / "glob.png")])
+    listed = main(["plot", "--results", f"[{tmp_path}/*/{RESULTS}]", "--output", str(tmp_path / "list.png")])
+    assert Path(globbed).read_bytes() == Path(listed).read_bytes()
     with pytest.raises(ValueError, match="x_axis"):
         plot_curves([tmp_path / "run" / RESULTS], tmp_path / "hours.png", x_axis="hours")
     with pytest.raises(SystemExit):  # positionals are gone: a bare path is not an argument

@@ -64,16 +64,17 @@ def reference(model: AnomalibModule, data: AnomalibDataModule, output: Path, rec
     return reference_run(model, data, output, recipe, accelerator=accelerator)
 
 
-def plot(results: list[str], output: Path, metric: str = "image_AUROC", x_axis: str = "minutes") -> str:
+def plot(results: str | list[str], output: Path, metric: str = "image_AUROC", x_axis: str = "minutes") -> str:
     """Plot curves from results files.
 
     Args:
-        results: results.json files or glob patterns.
+        results: a results.json file or glob pattern, or a list of them (``'["a/*.json", "b.json"]'``).
         output: the PNG to write.
         metric: image_AUROC, pixel_AUROC, pixel_AUPRO, image_F1Score or pixel_F1Score.
         x_axis: minutes (each run's wall clock) or steps (comparable across machines).
     """
-    files = sorted({path for pattern in results for path in glob.glob(pattern)})
+    patterns = [results] if isinstance(results, str) else results
+    files = sorted({path for pattern in patterns for path in glob.glob(pattern)})
     if not files:
         msg = f"No results files match {results}."
         raise FileNotFoundError(msg)
