@@ -45,6 +45,21 @@ def test_snapshots_are_evaluated_at_their_steps_and_a_rerun_adds_nothing(synthet
     again = convergence_run(model(), _datamodule(synthetic_root), [1, 3], tmp_path, "paper", accelerator="cpu")
     assert again["rows"] == rows  # nothing retrained, nothing re-evaluated
 
+    # train=False evaluates the snapshots reached so far (as beside a run still training) and trains nothing
+    (tmp_path / RESULTS).unlink()
+    step_3 = (snapshots / "step_3.json").read_text()
+    (snapshots / "step_3.json").unlink()  # as if the run had not reached step 3 yet
+    checkpoints = {path: path.stat().st_mtime_ns for path in (tmp_path / "train").rglob("*.ckpt")}
+    partial = convergence_run(model(), _datamodule(synthetic_root), [1, 3], tmp_path, "paper", accelerator="cpu",
+                              train=False)
+    assert [row["step"] for row in partial["rows"]] == [1]
+    assert {path: path.stat().st_mtime_ns for path in (tmp_path / "train").rglob("*.ckpt")} == checkpoints
+    (snapshots / "step_3.json").write_text(step_3)
+    completed = convergence_run(model(), _datamodule(synthetic_root), [1, 3], tmp_path, "paper", accelerator="cpu",
+                                train=False)
+    assert [row["step"] for row in completed["rows"]] == [1, 3]
+    assert completed["rows"][0] == partial["rows"][0]  # step 1 kept, not evaluated again
+
     # a snapshot (its evaluator has AU-PRO) loads into a model with anomalib's default metrics, as the false-alarm
     # check loads it; without on_load_checkpoint's filter that fails on AU-PRO's fpr_limit buffer
     plain = model()

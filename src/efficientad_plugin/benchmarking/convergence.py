@@ -99,7 +99,7 @@ def _evaluate(model: Any, datamodule: Any, checkpoint: Path | None, workdir: Pat
 
 def convergence_run(model: Any, datamodule: Any, steps: Sequence[int], output: str | Path,  # noqa: ANN401
                     recipe: str, resume: bool = True, accelerator: str = "auto", precision: str = "32",
-                    start_from: str | Path | None = None) -> dict[str, Any]:
+                    start_from: str | Path | None = None, train: bool = True) -> dict[str, Any]:
     """Train ``model`` to ``max(steps)`` once, snapshot at ``steps``, evaluate each snapshot; return the results.
 
     ``model.max_steps`` is set to ``max(steps)``: the learning-rate schedule is that of a run of that length. With
@@ -107,7 +107,9 @@ def convergence_run(model: Any, datamodule: Any, steps: Sequence[int], output: s
     not evaluated again. ``start_from`` continues a snapshot of a shorter run of the same recipe when this run
     has no checkpoint yet: its steps, training seconds and data order carry on, and the learning-rate schedule
     becomes this run's (e.g. the paper recipe is identical up to 95 % of the shorter run's steps). The results
-    (``<output>/results.json``) name the recipe, the precision, the data and the machine.
+    (``<output>/results.json``) name the recipe, the precision, the data and the machine. ``train=False``
+    evaluates the snapshots saved so far and trains nothing: partial results of a run that goes on (in another
+    process) or resumes in a later session.
     """
     from anomalib.engine import Engine
 
@@ -115,33 +117,40 @@ def convergence_run(model: Any, datamodule: Any, steps: Sequence[int], output: s
     snapshots = output / "snapshots"
     snapshots.mkdir(parents=True, exist_ok=True)
     results_path = output / RESULTS
-    results = _load_results(results_path)
-    results.update({"recipe": recipe, "model": type(model).__name__, "machine": cpu_description(),
-                    "platform": platform.platform(), "data": _describe(datamodule), "steps": sorted(set(steps)),
-                    "precision": precision})
     model.max_steps = max(steps)
     model.evaluator = evaluator()
     last = max(steps)
-    if not (snapshots / f"step_{last}.ckpt").is_file():
+    if train and not (snapshots / f"step_{last}.ckpt").is_file():
         engine = Engine(default_root_dir=output / "train", logger=False, devices=1, accelerator=accelerator,
                         precision=precision, callbacks=[SnapshotAtSteps(steps, snapshots)])
         resume_from = next(iter(sorted((output / "train").rglob(STEP_CHECKPOINT))), None) if resume else None
         if resume_from is None and start_from is not None:
             resume_from = Path(start_from)
-            results["started_from"] = str(resume_from)
         engine.fit(model, datamodule, ckpt_path=resume_from)
-    done = {row["step"] for row in results["rows"]}
-    for step in sorted(set(steps) - done):
+    metadata = {"recipe": recipe, "model": type(model).__name__, "machine": cpu_description(),
+                "platform": platform.platform(), "data": _describe(datamodule), "steps": sorted(set(steps)),
+                "precision": precision}
+    if start_from is not None:  # this run continues that snapshot, also when it resumed its own checkpoint since
+        metadata["started_from"] = str(start_from)
+    results = {**_load_results(results_path), **metadata}
+    for step in sorted(set(steps)):
         checkpoint = snapshots / f"step_{step}.ckpt"
+        # the JSON is written after the snapshot: without it the run has not reached this step (train=False)
+        if any(row["step"] == step for row in results["rows"]) or not checkpoint.with_suffix(".json").is_file():
+            continue
         started = time.perf_counter()
         metrics = _evaluate(model, datamodule, checkpoint, output / "evaluate")
         snapshot = json.loads(checkpoint.with_suffix(".json").read_text())
-        results["rows"].append({"step": step, "train_minutes": round(snapshot["train_seconds"] / 60, 2),
-                                "train_loss": snapshot.get("train_loss"), **metrics,
-                                "evaluate_seconds": round(time.perf_counter() - started, 1)})
-        results["rows"].sort(key=lambda row: row["step"])
+        row = {"step": step, "train_minutes": round(snapshot["train_seconds"] / 60, 2),
+               "train_loss": snapshot.get("train_loss"), **metrics,
+               "evaluate_seconds": round(time.perf_counter() - started, 1)}
+        # read again: another process (train=False beside a training run) may have added rows meanwhile
+        results = {**_load_results(results_path), **metadata}
+        results["rows"] = sorted([*(old for old in results["rows"] if old["step"] != step), row],
+                                 key=lambda each: each["step"])
         results_path.write_text(json.dumps(results, indent=2))
         logger.info("step %d: %s", step, metrics)
+    results = {**_load_results(results_path), **metadata}
     results_path.write_text(json.dumps(results, indent=2))
     return results
 

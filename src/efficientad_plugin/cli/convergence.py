@@ -25,7 +25,8 @@ from efficientad_plugin.cli import console_command
 
 
 def run(model: AnomalibModule, data: AnomalibDataModule, steps: list[int], output: Path, recipe: str,
-        seed: int = 0, accelerator: str = "auto", precision: str = "32", start_from: Path | None = None) -> dict:
+        seed: int = 0, accelerator: str = "auto", precision: str = "32", start_from: Path | None = None,
+        train: bool = True) -> dict:
     """Train once to max(steps), snapshot and evaluate at each step.
 
     Args:
@@ -38,12 +39,13 @@ def run(model: AnomalibModule, data: AnomalibDataModule, steps: list[int], outpu
         accelerator: Lightning accelerator.
         precision: Lightning precision, e.g. 32 or bf16-mixed.
         start_from: a snapshot (step_<n>.ckpt) of a shorter run of the same recipe to continue from.
+        train: false evaluates the snapshots saved so far and trains nothing (e.g. beside the running run).
     """
     from lightning.pytorch import seed_everything
 
     seed_everything(seed)
     return convergence_run(model, data, steps, output, recipe, accelerator=accelerator, precision=precision,
-                           start_from=start_from)
+                           start_from=start_from, train=train)
 
 
 def reference(model: AnomalibModule, data: AnomalibDataModule, output: Path, recipe: str, seed: int = 0,
