@@ -297,3 +297,22 @@ def test_bf16_mixed_fit_keeps_losses_statistics_and_quantiles_fp32(tmp_path: Pat
     generator = model.model.anomaly_map_generator
     for buffer in (model.model.teacher_mean, model.model.teacher_std, generator.st_quantiles, generator.ae_quantiles):
         assert buffer.dtype == torch.float32 and torch.isfinite(buffer).all()
+
+
+class _StopAfterFirstStep(Callback):
+    def on_train_batch_end(self, trainer: Trainer, *args: object) -> None:
+        trainer.should_stop = True
+
+
+@pytest.mark.parametrize(("max_steps", "measured"), [(500, True), (1, False)])
+def test_runs_of_500_steps_or_more_time_the_student_passes_on_cpu(
+    max_steps: int, measured: bool, synthetic_root: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    model = EfficientAdPlugin(teacher_weights="untrained", penalty_dir=None, max_steps=max_steps, image_size=(256, 264),
+                              evaluator=False, visualizer=False)
+    engine = Engine(default_root_dir=tmp_path, logger=False, accelerator="cpu", devices=1,
+                    callbacks=[_StopAfterFirstStep()])
+    with caplog.at_level(logging.INFO, logger="efficientad_plugin"), pytest.warns(UserWarning):
+        engine.fit(model, _datamodule(synthetic_root))
+    assert model.model.measure_student_pass is measured
+    assert any(record.message.startswith("Student pass on this CPU") for record in caplog.records) is measured

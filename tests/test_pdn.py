@@ -85,13 +85,16 @@ def test_partial_outputs_are_slices_of_the_full_outputs(batched: bool) -> None:
         torch.testing.assert_close(output, reference, atol=1e-5, rtol=1e-5)
 
 
-def test_partial_outputs_on_cpu_take_the_pass_measured_faster_and_batch_only_equal_sizes() -> None:
+def test_partial_outputs_on_cpu_take_the_measured_faster_pass_and_batch_only_equal_sizes() -> None:
     pdn = PatchDescriptionNetwork("small", out_channels=8)
     concatenated: list[int] = []
     pdn.conv1.register_forward_hook(lambda _m, inputs, _o: concatenated.append(len(inputs[0])))
     same = [torch.randn(1, 3, 40, 40)] * 2
     with torch.no_grad():
         pdn.partial_outputs(same, [slice(0, 4)] * 2)
+        assert concatenated == [1, 1]  # CPU, nothing measured: one pass per batch
+        concatenated.clear()
+        pdn.partial_outputs(same, [slice(0, 4)] * 2, measure=True)
         faster = batched_pass_is_faster(pdn, same, [slice(0, 4)] * 2)  # cached: the choice just made
         assert concatenated == ([2] if faster else [1, 1])
         concatenated.clear()

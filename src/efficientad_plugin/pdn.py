@@ -75,21 +75,23 @@ class PatchDescriptionNetwork(nn.Sequential):
         self.out_channels = out_channels
 
     def partial_outputs(
-        self, inputs: Sequence[torch.Tensor], channels: Sequence[slice], batched: bool | None = None
+        self, inputs: Sequence[torch.Tensor], channels: Sequence[slice], batched: bool | None = None,
+        measure: bool = False,
     ) -> list[torch.Tensor]:
         """The outputs of several batches, each restricted to its own slice of output channels.
 
         The last convolution computes only the requested channels of each batch: the same numbers as slicing full
         outputs, for less work (the student's last convolution is half of its cost, and each training pass needs
         half of its channels). ``batched`` runs the layers before it once, on all batches concatenated (only
-        where their sizes agree). ``None`` batches off the CPU; on the CPU it takes whichever pass
-        :func:`batched_pass_is_faster` measured faster here, because oneDNN's batch-1 and batch-3 speeds differ by
-        CPU and precision (Zen 4: three batch-1 passes faster in fp32, one batch faster under bf16 autocast).
+        where their sizes agree). ``None`` batches off the CPU; on the CPU it runs one pass per batch or, with
+        ``measure``, whichever pass :func:`batched_pass_is_faster` measured faster here, because oneDNN's batch-1
+        and batch-3 speeds differ by CPU and precision (Zen 4: batch-1 faster in fp32, batched under bf16).
         """
         if len({batch.shape[1:] for batch in inputs}) != 1:
             batched = False
         elif batched is None:
-            batched = inputs[0].device.type != "cpu" or batched_pass_is_faster(self, inputs, channels)
+            on_cpu = inputs[0].device.type == "cpu"
+            batched = not on_cpu or (measure and batched_pass_is_faster(self, inputs, channels))
         # nn.Sequential(...) rather than self[:-1], whose slicing would call this class's constructor
         body, last = nn.Sequential(*list(self)[:-1]), self[-1]
         if batched:

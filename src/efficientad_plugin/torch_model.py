@@ -47,6 +47,9 @@ class EfficientAdPluginModel(nn.Module):
         self.student = PatchDescriptionNetwork(model_size, 2 * TEACHER_CHANNELS)
         self.autoencoder = AutoEncoder(self.image_size, TEACHER_CHANNELS)
         self.anomaly_map_generator = AnomalyMapGenerator()
+        # on CPU, time the student's batched and per-image training passes once and use the faster (pdn.py); the
+        # Lightning model turns it on for runs long enough to repay the seconds it costs
+        self.measure_student_pass = False
         self.register_buffer("teacher_mean", torch.full((1, TEACHER_CHANNELS, 1, 1), torch.nan))
         self.register_buffer("teacher_std", torch.full((1, TEACHER_CHANNELS, 1, 1), torch.nan))
         self.register_buffer("imagenet_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
@@ -108,7 +111,8 @@ class EfficientAdPluginModel(nn.Module):
         if penalty_images is not None:
             inputs.append(self._imagenet_normalise(penalty_images))
             channels.append(_TEACHER_MIMICKING)
-        student, student_augmented, *student_penalty = self.student.partial_outputs(inputs, channels)
+        student, student_augmented, *student_penalty = self.student.partial_outputs(
+            inputs, channels, measure=self.measure_student_pass)
         return TrainingFeatures(
             teacher=teacher,
             student=student.float(),
