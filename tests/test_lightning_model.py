@@ -144,6 +144,7 @@ def test_warns_about_test_leakage_untrained_teacher_and_no_penalty(synthetic_roo
     assert "teacher is random" in messages
     assert "without the pretraining penalty" in messages
     assert model.model.anomaly_map_generator.is_fitted
+    assert not model.model.measure_student_pass  # one step: the student's passes are not worth timing
 
 
 def test_untrained_model_refuses_to_test(synthetic_root: Path, tmp_path: Path) -> None:
@@ -304,15 +305,15 @@ class _StopAfterFirstStep(Callback):
         trainer.should_stop = True
 
 
-@pytest.mark.parametrize(("max_steps", "measured"), [(500, True), (1, False)])
 def test_runs_of_500_steps_or_more_time_the_student_passes_on_cpu(
-    max_steps: int, measured: bool, synthetic_root: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    synthetic_root: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    model = EfficientAdPlugin(teacher_weights="untrained", penalty_dir=None, max_steps=max_steps, image_size=(256, 264),
+    """Stopped after one step; a shorter run (max_steps=1 in the test above) measures nothing."""
+    model = EfficientAdPlugin(teacher_weights="untrained", penalty_dir=None, max_steps=500, image_size=(256, 264),
                               evaluator=False, visualizer=False)
     engine = Engine(default_root_dir=tmp_path, logger=False, accelerator="cpu", devices=1,
                     callbacks=[_StopAfterFirstStep()])
     with caplog.at_level(logging.INFO, logger="efficientad_plugin"), pytest.warns(UserWarning):
         engine.fit(model, _datamodule(synthetic_root))
-    assert model.model.measure_student_pass is measured
-    assert any(record.message.startswith("Student pass on this CPU") for record in caplog.records) is measured
+    assert model.model.measure_student_pass
+    assert any(record.message.startswith("Student pass on this CPU") for record in caplog.records)

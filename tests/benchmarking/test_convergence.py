@@ -122,7 +122,7 @@ def test_reference_fits_once_and_writes_one_row_with_its_fit_minutes(synthetic_r
     from efficientad_plugin.benchmarking.convergence import reference_run
 
     # untrained backbone: nothing is downloaded; the harness, not PatchCore's quality, is under test
-    model = Patchcore(backbone="resnet18", layers=["layer2"], pre_trained=False, coreset_sampling_ratio=0.1)
+    model = Patchcore(backbone="resnet18", layers=["layer2"], pre_trained=False, coreset_sampling_ratio=0.01)
     results = reference_run(model, _datamodule(synthetic_root), tmp_path, "PatchCore test", accelerator="cpu")
     assert results["reference"] is True and results["recipe"] == "PatchCore test"
     (row,) = results["rows"]
