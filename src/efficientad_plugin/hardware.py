@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 
 
@@ -37,31 +40,42 @@ def cpu_description() -> str:
     return f"{name}, {torch.get_num_threads()} threads, {capability}, {bf16}"
 
 
-# mallopt's parameter number for the mmap threshold (glibc's malloc.h).
+# mallopt's parameter number for the mmap threshold (glibc's malloc.h), and glibc's largest dynamic threshold on
+# 64-bit (DEFAULT_MMAP_THRESHOLD_MAX: 4 MiB x sizeof(long)), where a process that freed a 32 MB buffer already is.
 _M_MMAP_THRESHOLD = -3
+_GLIBC_MAX_DYNAMIC_THRESHOLD = 32 << 20
 
 
-def large_allocations_to_mmap(threshold_bytes: int = 1 << 20) -> bool:
-    """Serve every allocation of ``threshold_bytes`` or more from its own mmap, so freeing it returns it to the OS.
-
-    Why: anomalib's greedy coreset (PatchCore's fit) allocates a few MB per iteration; on a 2-core CPU run over
-    702,464 patches glibc's heap grew by about 3 MB per iteration (20 GB at 89 % of its 7,023 iterations, killed
-    on a 24 GB machine). glibc raises its mmap threshold by itself after a large free, which sends those buffers
-    to the heap; a fixed threshold keeps it flat (454 MB heap instead of 4.6 GB at the same point).
-    Same effect as ``MALLOC_MMAP_THRESHOLD_=1048576`` in the environment, but it can be set from inside the
-    process. Nothing in torch or anomalib offers it. Returns False where the C library is not glibc.
-    """
+def _set_mmap_threshold(threshold_bytes: int) -> bool:
     import ctypes
     import ctypes.util
 
-    if threshold_bytes <= 0:
-        msg = f"threshold_bytes must be positive, got {threshold_bytes}."
-        raise ValueError(msg)
-    library = ctypes.util.find_library("c")
     try:
-        libc = ctypes.CDLL(library)
-        mallopt = libc.mallopt
+        mallopt = ctypes.CDLL(ctypes.util.find_library("c")).mallopt
     except (OSError, AttributeError, TypeError):
         return False
     mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
     return bool(mallopt(_M_MMAP_THRESHOLD, int(threshold_bytes)))
+
+
+@contextmanager
+def large_allocations_to_mmap(threshold_bytes: int = 1 << 20) -> Iterator[bool]:
+    """Inside, every allocation of ``threshold_bytes`` or more gets its own mmap, so freeing it returns it to the OS.
+
+    Why: anomalib's greedy coreset (PatchCore's fit) allocates a few MB per iteration; on a 2-core CPU run over
+    702,464 patches glibc's heap grew by about 3 MB per iteration (20 GB at 89 % of its 7,023 iterations, killed
+    on a 24 GB machine). glibc raises its mmap threshold by itself after a large free, which sends those buffers
+    to the heap; a fixed threshold keeps it flat (454 MB heap instead of 4.6 GB at the same point). Only inside:
+    mapping every MB-sized buffer anew costs page faults that slow training. On exit the threshold goes to glibc's
+    own dynamic maximum (32 MiB). Same effect as ``MALLOC_MMAP_THRESHOLD_=1048576`` in the environment, but
+    scoped. Nothing in torch or anomalib offers it. Yields False where the C library is not glibc (no change).
+    """
+    if threshold_bytes <= 0:
+        msg = f"threshold_bytes must be positive, got {threshold_bytes}."
+        raise ValueError(msg)
+    changed = _set_mmap_threshold(threshold_bytes)
+    try:
+        yield changed
+    finally:
+        if changed:
+            _set_mmap_threshold(_GLIBC_MAX_DYNAMIC_THRESHOLD)
