@@ -143,7 +143,7 @@ def test_forward_rectangular_output_and_non_square_maps() -> None:
 def test_quantiles_are_state_dict_buffers() -> None:
     module = _fitted(st=(1.0, 2.0), ae=(3.0, 4.0))
     state = module.state_dict()
-    assert set(state) == {"st_quantiles", "ae_quantiles"}
+    assert set(state) == {"st_quantiles", "ae_quantiles", "branch_weights"}
     restored = AnomalyMapGenerator()
     restored.load_state_dict(state)
     assert restored.is_fitted

@@ -9,6 +9,7 @@ from torch.nn import functional as F  # noqa: N812
 QUANTILE_START = 0.9  # q_a, mapped to 0
 QUANTILE_END = 0.995  # q_b, mapped to 0.1
 MAP_PADDING = 4  # the unpadded PDN output misses 16 input px per side: 4 px at its stride of 4
+PAPER_BRANCH_WEIGHTS = (0.5, 0.5)  # (local, global): the paper's average of the two normalised maps
 
 
 def channel_mean_squared_error(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
@@ -27,16 +28,18 @@ def exact_quantiles(values: torch.Tensor, quantiles: tuple[float, ...]) -> torch
 
 
 class AnomalyMapGenerator(nn.Module):
-    """Normalises both maps so that their q_a -> 0 and q_b -> 0.1, averages them, pads and upsamples.
+    """Normalises both maps so that their q_a -> 0 and q_b -> 0.1, weights and adds them, pads and upsamples.
 
-    The quantiles are buffers: fitted once after training, saved in checkpoints and constants in exports.
-    They start as NaN so that an unfitted model cannot pass for a fitted one.
+    The quantiles and the branch weights are buffers: fitted once after training, saved in checkpoints and
+    constants in exports. The quantiles start as NaN so that an unfitted model cannot pass for a fitted one; the
+    weights start as the paper's 0.5 / 0.5 (``branch_weights`` in ``lightning_model`` may change them).
     """
 
     def __init__(self) -> None:
         super().__init__()
         self.register_buffer("st_quantiles", torch.full((2,), torch.nan))
         self.register_buffer("ae_quantiles", torch.full((2,), torch.nan))
+        self.register_buffer("branch_weights", torch.tensor(PAPER_BRANCH_WEIGHTS))
 
     @property
     def is_fitted(self) -> bool:
@@ -57,8 +60,41 @@ class AnomalyMapGenerator(nn.Module):
     def _normalise(anomaly_map: torch.Tensor, quantiles: torch.Tensor) -> torch.Tensor:
         return 0.1 * (anomaly_map - quantiles[0]) / (quantiles[1] - quantiles[0])
 
+    def set_branch_weights(self, local: float, global_: float) -> None:
+        """Weights of the normalised local (student-teacher) and global (autoencoder) maps in the anomaly map."""
+        if min(local, global_) < 0 or local + global_ <= 0:
+            msg = f"Branch weights must be non-negative and not both zero, got local={local}, global={global_}."
+            raise ValueError(msg)
+        self.branch_weights.copy_(torch.tensor((local, global_), dtype=self.branch_weights.dtype))
+
+    def normalised(self, st_map: torch.Tensor, ae_map: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Both raw maps normalised (q_a -> 0, q_b -> 0.1) on their own grid, unweighted: ``(local, global)``."""
+        return self._normalise(st_map, self.st_quantiles), self._normalise(ae_map, self.ae_quantiles)
+
+    @staticmethod
+    def _to_image(anomaly_map: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:
+        return F.interpolate(F.pad(anomaly_map, [MAP_PADDING] * 4), size=image_size, mode="bilinear")
+
+    def branch_maps(self, st_map: torch.Tensor, ae_map: torch.Tensor,
+                    image_size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each branch's normalised map at the image's size, unweighted: ``(local, global)``, each ``[B, 1, H, W]``.
+
+        For measuring each branch alone; the anomaly map is their sum weighted by ``branch_weights``.
+        """
+        local, global_ = self.normalised(st_map, ae_map)
+        return self._to_image(local, image_size), self._to_image(global_, image_size)
+
     def forward(self, st_map: torch.Tensor, ae_map: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:
         """Combine raw branch maps ``[B, 1, h, w]`` into the anomaly map ``[B, 1, H, W]``."""
-        combined = 0.5 * self._normalise(st_map, self.st_quantiles) + 0.5 * self._normalise(ae_map, self.ae_quantiles)
-        combined = F.pad(combined, [MAP_PADDING] * 4)
-        return F.interpolate(combined, size=image_size, mode="bilinear")
+        local, global_ = self.normalised(st_map, ae_map)
+        return self._to_image(self.branch_weights[0] * local + self.branch_weights[1] * global_, image_size)
+
+
+def add_missing_branch_weights(state_dict: dict[str, torch.Tensor], prefix: str) -> None:
+    """Give a state dict saved before branch weights existed the paper's 0.5 / 0.5, which it was trained with.
+
+    ``prefix`` is the generator's key prefix (``model.anomaly_map_generator.`` in a Lightning checkpoint). Only a
+    state dict that has the generator's quantiles gets the weights, so that a partial state dict stays partial.
+    """
+    if f"{prefix}st_quantiles" in state_dict and f"{prefix}branch_weights" not in state_dict:
+        state_dict[f"{prefix}branch_weights"] = torch.tensor(PAPER_BRANCH_WEIGHTS)

@@ -19,8 +19,19 @@ from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torch.utils.data import DataLoader
 from torchvision.transforms.v2 import Compose, Resize
 
+from .anomaly_map import add_missing_branch_weights
 from .augmentation import random_color_adjustment
 from .autoencoder import check_image_size
+from .branches import (
+    SYNTHETIC_SEED,
+    BranchChoice,
+    BranchMetrics,
+    branch_scores,
+    check_branch_weights,
+    choose_branch_weights,
+    image_aurocs,
+    synthetic_anomalies,
+)
 from .callbacks import NonFiniteLossGuard, ResumableDataOrder, StepCheckpoint
 from .hardware import cpu_description, cpu_has_native_bf16
 from .input_checks import check_datamodule, parse_val_split_mode
@@ -74,6 +85,10 @@ class EfficientAdPlugin(AnomalibModule):
             interrupted run loses at most this many steps (resume with ``--ckpt_path``).
         teacher_cache_mib: memory for the teacher's outputs on the training images, computed once and reused in
             later epochs when the training data is not randomly augmented; ``0`` turns the cache off.
+        branch_weights: how the normalised local (student-teacher) and global (autoencoder) maps are combined:
+            ``"paper"``: 0.5 / 0.5 (reproduction); ``"auto"``: decided after training from the normal validation
+            images only (``branches``): the paper's average once the autoencoder has learnt, else the branch that
+            separates synthetic anomalies best. The weights are logged, saved in the checkpoint and exported.
         pre_processor, post_processor, evaluator, visualizer: anomalib components, or ``True`` for the defaults.
     """
 
@@ -90,6 +105,7 @@ class EfficientAdPlugin(AnomalibModule):
         weight_decay: float = 1e-5,
         checkpoint_every_n_steps: int = 5_000,
         teacher_cache_mib: float = 1024,
+        branch_weights: str = "paper",
         pre_processor: PreProcessor | bool = True,
         post_processor: torch.nn.Module | bool = True,
         evaluator: Any = True,  # noqa: ANN401 (anomalib's Evaluator | bool)
@@ -107,6 +123,7 @@ class EfficientAdPlugin(AnomalibModule):
         if teacher_cache_mib < 0:
             msg = f"teacher_cache_mib must be 0 (no cache) or a positive number of MiB, got {teacher_cache_mib}."
             raise ValueError(msg)
+        check_branch_weights(branch_weights)
         step_checkpoint = StepCheckpoint(checkpoint_every_n_steps)
         if pre_processor is True:
             pre_processor = self.configure_pre_processor(image_size)
@@ -129,6 +146,9 @@ class EfficientAdPlugin(AnomalibModule):
         self.step_checkpoint = step_checkpoint
         self.teacher_cache_mib = teacher_cache_mib
         self.teacher_cache: TeacherCache | None = None
+        self.branch_weights = branch_weights
+        self.branch_choice: BranchChoice | None = None  # set when the map normalisation is fitted
+        self.branch_metrics: BranchMetrics | None = None  # while testing
         self.model = EfficientAdPluginModel(model_size, image_size)
         self.loss = EfficientAdLoss()
         self.penalty_images: PenaltyImages | None = None
@@ -180,6 +200,9 @@ class EfficientAdPlugin(AnomalibModule):
         The evaluator's state sits twice in a checkpoint: in the model's state dict and as a callback's state.
         """
         super().on_load_checkpoint(checkpoint)
+        add_missing_branch_weights(checkpoint.get("state_dict", {}), "model.anomaly_map_generator.")
+        if checkpoint.get("branch_choice") is not None:
+            self.branch_choice = BranchChoice.from_dict(checkpoint["branch_choice"])
         keep_position_only(checkpoint.get("lr_schedulers", []))  # the schedule follows this run's max_steps
         own = self.state_dict().keys()
         model_state = checkpoint.get("state_dict", {})
@@ -191,6 +214,12 @@ class EfficientAdPlugin(AnomalibModule):
             callback_state.pop(key.removeprefix("evaluator."), None)
         if foreign:
             logger.info("Ignoring metric states that this model's evaluator lacks: %s", ", ".join(sorted(set(foreign))))
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """anomalib's components, and the branch weights' choice with its reasons (the weights are a buffer)."""
+        super().on_save_checkpoint(checkpoint)
+        if self.branch_choice is not None:
+            checkpoint["branch_choice"] = self.branch_choice.to_dict()
 
     def _images(self, batch: Batch) -> torch.Tensor:
         """Batch images at the model's size, checked, on the model's device."""
@@ -313,8 +342,10 @@ class EfficientAdPlugin(AnomalibModule):
 
     @torch.no_grad()
     def _fit_map_quantiles(self) -> None:
+        """Fit the maps' quantiles on the normal validation images, measure what each network has learnt there and
+        set the branch weights (``branch_weights``); with ``auto`` each image also gets a synthetic anomaly."""
         loaders = self.trainer.val_dataloaders
-        st_maps, ae_maps = [], []
+        maps: dict[str, list[torch.Tensor]] = {"st": [], "ae": [], "learnt": [], "synthetic_st": [], "synthetic_ae": []}
         self.model.eval()
         with self._full_precision():
             for loader in loaders if isinstance(loaders, list | tuple) else [loaders]:
@@ -322,13 +353,43 @@ class EfficientAdPlugin(AnomalibModule):
                     images = self._images(batch)
                     if batch.gt_label is not None:
                         images = images[batch.gt_label.to(images.device) == 0]
-                    if len(images):
-                        st_map, ae_map = self.model.raw_maps(images)
-                        st_maps.append(st_map)
-                        ae_maps.append(ae_map)
-        if not st_maps:
+                    if not len(images):
+                        continue
+                    st_map, ae_map, learnt = self.model.maps_and_learning(images)
+                    maps["st"].append(st_map)
+                    maps["ae"].append(ae_map)
+                    maps["learnt"].append(learnt)
+                    if self.branch_weights == "auto":
+                        seed = SYNTHETIC_SEED + len(maps["synthetic_st"])
+                        synthetic_st, synthetic_ae = self.model.raw_maps(synthetic_anomalies(images, seed))
+                        maps["synthetic_st"].append(synthetic_st)
+                        maps["synthetic_ae"].append(synthetic_ae)
+        if not maps["st"]:
             raise ValueError(_NO_VALIDATION_IMAGES)
-        self.model.anomaly_map_generator.fit(torch.cat(st_maps), torch.cat(ae_maps))
+        generator = self.model.anomaly_map_generator
+        generator.fit(torch.cat(maps["st"]), torch.cat(maps["ae"]))
+        student, autoencoder = (float(value) for value in torch.cat(maps["learnt"]).mean(dim=0))
+        synthetic = None
+        if maps["synthetic_st"]:
+            normal = branch_scores(*generator.normalised(torch.cat(maps["st"]), torch.cat(maps["ae"])))
+            anomalous = branch_scores(*generator.normalised(torch.cat(maps["synthetic_st"]),
+                                                            torch.cat(maps["synthetic_ae"])))
+            synthetic = image_aurocs(normal, anomalous)
+        self.branch_choice = choose_branch_weights(self.branch_weights, (student, autoencoder), synthetic)
+        generator.set_branch_weights(*self.branch_choice.weights)
+        logger.info("Explained variance of the normalised teacher features on %d normal validation images: "
+                    "student %.3f, autoencoder %.3f", len(torch.cat(maps["learnt"])), student, autoencoder)
+        logger.info("Branch weights (local, global) = (%g, %g): %s", *self.branch_choice.weights,
+                    self.branch_choice.reason)
+
+    def on_validation_epoch_end(self) -> None:
+        """Log what the networks have learnt and the branch weights (measured on normal validation images)."""
+        if self.branch_choice is None or self.branch_choice.explained_variance is None:
+            return
+        student, autoencoder = self.branch_choice.explained_variance
+        self.log_dict({"val_student_explained_variance": student,
+                       "val_autoencoder_explained_variance": autoencoder,
+                       "val_global_branch_weight": self.branch_choice.weights[1]}, prog_bar=False)
 
     def _full_precision(self) -> torch.autocast:
         """Mixed precision off: what fits or applies the map normalisation is fp32, like the export it ends up in."""
@@ -349,16 +410,33 @@ class EfficientAdPlugin(AnomalibModule):
         with self._full_precision():
             return batch.update(**self.model(batch.image)._asdict())
 
-    test_step = predict_step = validation_step
+    predict_step = validation_step
+
+    def test_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
+        """As ``validation_step``, and each branch alone and the paper's average measured against the labels."""
+        del args, kwargs
+        with self._full_precision():
+            st_map, ae_map = self.model.raw_maps(batch.image)
+            if self.branch_metrics is not None:
+                branch_maps = self.model.anomaly_map_generator.branch_maps(st_map, ae_map, batch.image.shape[-2:])
+                self.branch_metrics.update(*branch_maps, batch.gt_label, batch.gt_mask)
+            return batch.update(**self.model.prediction(st_map, ae_map, batch.image.shape[-2:])._asdict())
+
+    def on_test_start(self) -> None:
+        """Refuse to test an unfitted model; start the branches' metrics."""
+        self._require_fitted("test")
+        self.branch_metrics = BranchMetrics()
+
+    def on_test_epoch_end(self) -> None:
+        """Log image AUROC, pixel AUROC and AU-PRO of each branch alone and of the paper's average."""
+        if self.branch_metrics is not None:
+            self.log_dict(self.branch_metrics.compute())
+            self.branch_metrics = None
 
     def _require_fitted(self, action: str) -> None:
         if not self.model.anomaly_map_generator.is_fitted:
             msg = f"Cannot {action} an untrained EfficientAdPlugin: train it first or load a checkpoint (--ckpt_path)."
             raise RuntimeError(msg)
-
-    def on_test_start(self) -> None:
-        """Refuse to test an unfitted model."""
-        self._require_fitted("test")
 
     def on_predict_start(self) -> None:
         """Refuse to predict with an unfitted model."""

@@ -124,13 +124,36 @@ class EfficientAdPluginModel(nn.Module):
 
     def raw_maps(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Unnormalised, unpadded student-teacher and autoencoder maps ``[B, 1, h, w]``."""
-        images = self._imagenet_normalise(images)
-        student = self.student(images)
-        st_map = channel_mean_squared_error(self._teacher_features(images), student[:, :TEACHER_CHANNELS])
-        ae_map = channel_mean_squared_error(self.autoencoder(images), student[:, TEACHER_CHANNELS:])
+        st_map, ae_map, _ = self._maps(images, autoencoder_error=False)
         return st_map, ae_map
+
+    def _maps(self, images: torch.Tensor,
+              autoencoder_error: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        images = self._imagenet_normalise(images)
+        teacher = self._teacher_features(images)
+        student = self.student(images)
+        autoencoder = self.autoencoder(images)
+        st_map = channel_mean_squared_error(teacher, student[:, :TEACHER_CHANNELS])
+        ae_map = channel_mean_squared_error(autoencoder, student[:, TEACHER_CHANNELS:])
+        return st_map, ae_map, channel_mean_squared_error(teacher, autoencoder) if autoencoder_error else None
+
+    def maps_and_learning(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``raw_maps`` and, per image, how much each network has learnt of the teacher: ``[B, 2]``.
+
+        The columns are the explained variance (1 - mean squared error over channels and pixels) of the normalised
+        teacher features by the student's teacher-mimicking channels and by the autoencoder. The teacher's outputs
+        are normalised to unit variance per channel, so predicting each channel's mean scores about 0 and a perfect
+        copy 1; on normal images this says whether a branch has learnt anything, without a defect.
+        """
+        st_map, ae_map, teacher_ae_map = self._maps(images, autoencoder_error=True)
+        errors = torch.stack([st_map.mean(dim=(1, 2, 3)), teacher_ae_map.mean(dim=(1, 2, 3))], dim=1)
+        return st_map, ae_map, 1 - errors
 
     def forward(self, images: torch.Tensor) -> InferenceBatch:
         """Anomaly map ``[B, 1, H, W]`` and image score ``[B, 1]`` (the map's maximum) of images ``[B, 3, H, W]``."""
-        anomaly_map = self.anomaly_map_generator(*self.raw_maps(images), images.shape[-2:])
+        return self.prediction(*self.raw_maps(images), images.shape[-2:])
+
+    def prediction(self, st_map: torch.Tensor, ae_map: torch.Tensor, image_size: tuple[int, int]) -> InferenceBatch:
+        """The anomaly map and image score from ``raw_maps``' output (for callers that also use the raw maps)."""
+        anomaly_map = self.anomaly_map_generator(st_map, ae_map, image_size)
         return InferenceBatch(pred_score=torch.amax(anomaly_map, dim=(-2, -1)), anomaly_map=anomaly_map)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
+import os
 from pathlib import Path
 
 import pytest
@@ -12,9 +14,13 @@ from anomalib.engine import Engine
 from PIL import Image
 
 from efficientad_plugin import EfficientAdPlugin
-from efficientad_plugin.benchmarking.convergence import RESULTS, convergence_run, plot_curves
-
-pytestmark = pytest.mark.slow
+from efficientad_plugin.benchmarking.convergence import (
+    RESULTS,
+    convergence_run,
+    merge_results,
+    newest_step_checkpoint,
+    plot_curves,
+)
 
 
 def _datamodule(root: Path) -> MVTecAD:
@@ -22,6 +28,7 @@ def _datamodule(root: Path) -> MVTecAD:
                    val_split_mode="from_train", val_split_ratio=0.2, seed=0)
 
 
+@pytest.mark.slow
 def test_snapshots_are_evaluated_at_their_steps_and_a_rerun_adds_nothing(synthetic_root: Path, teacher_file: Path,
                                                                          penalty_folder: Path, tmp_path: Path) -> None:
     def model() -> EfficientAdPlugin:
@@ -88,6 +95,7 @@ def test_snapshots_are_evaluated_at_their_steps_and_a_rerun_adds_nothing(synthet
         assert image.size[0] > 100
 
 
+@pytest.mark.slow
 def test_command_takes_every_argument_as_a_flag(tmp_path: Path) -> None:
     """The subcommands' arguments are flags (docstring examples; a --config completed by --output)."""
     from efficientad_plugin.cli.convergence import main
@@ -116,6 +124,7 @@ def test_command_takes_every_argument_as_a_flag(tmp_path: Path) -> None:
         main(["plot", str(tmp_path / "run" / RESULTS), str(tmp_path / "other.png")])
 
 
+@pytest.mark.slow
 def test_reference_fits_once_and_writes_one_row_with_its_fit_minutes(synthetic_root: Path, tmp_path: Path) -> None:
     from anomalib.models import Patchcore
 
@@ -129,3 +138,64 @@ def test_reference_fits_once_and_writes_one_row_with_its_fit_minutes(synthetic_r
     assert row["step"] is None and row["train_minutes"] > 0
     assert {"image_AUROC", "pixel_AUROC", "pixel_AUPRO"} <= set(row)
     assert json.loads((tmp_path / RESULTS).read_text()) == results
+
+
+def _step_checkpoint(path: Path, step: int) -> Path:
+    """A checkpoint as Lightning writes it, reduced to what resuming reads first (global_step) and some weights."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"global_step": step, "epoch": 0, "state_dict": {"model.weight": torch.zeros(8)}}, path)
+    return path
+
+
+def test_resume_takes_the_step_checkpoint_trained_furthest_of_all_versions(tmp_path: Path) -> None:
+    """Not the first path in sorted order (v0, the oldest fit), not the last (v9 > v10 as text), not the newest file."""
+    train = tmp_path / "train"
+    assert newest_step_checkpoint(train) is None  # no fit yet
+    run = train / "EfficientAdPlugin"  # anomalib's layout: one v<n> folder per fit
+    paths = {version: _step_checkpoint(run / version / "weights" / "lightning" / "last_step.ckpt", step)
+             for version, step in (("v0", 100), ("v1", 200), ("v2", 300), ("v9", 1000), ("v10", 1100))}
+    os.utime(paths["v10"], (0, 0))  # as after a copy that kept no times: the newest file looks the oldest
+    (run / "latest").symlink_to(run / "v10", target_is_directory=True)  # anomalib's link to the last fit
+    assert newest_step_checkpoint(train) == paths["v10"]
+
+    # equal steps (a fit killed before its first checkpoint leaves none; one that saved has gone further): the
+    # later fit, with versions compared as numbers
+    tied = tmp_path / "tied"
+    for version in ("v2", "v10"):
+        _step_checkpoint(tied / version / "weights" / "last_step.ckpt", 300)
+    assert newest_step_checkpoint(tied) == tied / "v10" / "weights" / "last_step.ckpt"
+
+
+def test_results_file_is_replaced_whole_not_rewritten_in_place(tmp_path: Path) -> None:
+    path = tmp_path / RESULTS
+    first = merge_results(path, {"recipe": "paper"}, [{"step": 1, "image_AUROC": 0.5}])
+    assert first == {"recipe": "paper", "rows": [{"step": 1, "image_AUROC": 0.5}]}
+    with path.open() as reader:  # a reader (a plot, the other process) that opened the file before the next write
+        merge_results(path, {"recipe": "paper"}, [{"step": 2, "image_AUROC": 0.6}])
+        # it reads the whole old file: an in-place write truncates the file under it (empty or half-written JSON)
+        assert json.loads(reader.read()) == first
+    merge_results(path, {"recipe": "paper"}, [{"step": 1, "image_AUROC": 0.7}])  # a step evaluated again replaces
+    assert json.loads(path.read_text())["rows"] == [{"step": 1, "image_AUROC": 0.7}, {"step": 2, "image_AUROC": 0.6}]
+    assert sorted(item.name for item in tmp_path.iterdir()) == [f".{RESULTS}.lock", RESULTS]  # no temporary left
+
+
+def _merge_steps(path: str, steps: range, start: multiprocessing.synchronize.Event) -> None:
+    start.wait()
+    for step in steps:
+        merge_results(Path(path), {"recipe": "paper"}, [{"step": step, "image_AUROC": 0.5}])
+
+
+def test_rows_merged_by_two_processes_at_once_all_survive(tmp_path: Path) -> None:
+    """A training run and a train=False evaluation beside it: neither overwrites the rows the other added."""
+    path = tmp_path / RESULTS
+    context = multiprocessing.get_context("fork")  # POSIX, as the lock; the children touch no torch state
+    start = context.Event()
+    workers = [context.Process(target=_merge_steps, args=(str(path), range(first, 300, 2), start))
+               for first in (0, 1)]
+    for worker in workers:
+        worker.start()
+    start.set()  # both merge at once: without the lock, one's read-merge-write drops rows the other just wrote
+    for worker in workers:
+        worker.join(timeout=60)
+        assert worker.exitcode == 0
+    assert [row["step"] for row in json.loads(path.read_text())["rows"]] == list(range(300))

@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import platform
+import re
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +30,11 @@ logger = logging.getLogger(__name__)
 
 RESULTS = "results.json"
 METRICS = ("image_AUROC", "image_F1Score", "pixel_AUROC", "pixel_F1Score", "pixel_AUPRO")
+# EfficientAdPlugin's test also measures each branch alone and the paper's average (``branches.BranchMetrics``),
+# and its validation what each network has learnt (explained variance) and the global map's weight.
+BRANCH_METRICS = tuple(f"{branch}_{level}" for branch in ("local", "global", "paper")
+                       for level in ("image_AUROC", "pixel_AUROC", "pixel_AUPRO"))
+LEARNING_METRICS = ("val_student_explained_variance", "val_autoencoder_explained_variance", "val_global_branch_weight")
 
 
 def evaluator() -> object:
@@ -70,7 +78,8 @@ class SnapshotAtSteps(Callback):
         if step in self.steps:
             save_atomically(trainer, self.folder / f"step_{step}.ckpt")
             mean_loss = self.loss_sum / self.loss_count if self.loss_count else None
-            (self.folder / f"step_{step}.json").write_text(json.dumps(
+            # atomic: a train=False process beside this run reads it as soon as it exists
+            _write_atomically(self.folder / f"step_{step}.json", json.dumps(
                 {"step": step, "train_seconds": self.seconds, "train_loss": mean_loss}))
             self.loss_sum, self.loss_count = 0.0, 0
             self._began = time.perf_counter()  # saving is not training
@@ -84,17 +93,78 @@ class SnapshotAtSteps(Callback):
         self.loss_count = int(state_dict.get("loss_count", 0))
 
 
+def newest_step_checkpoint(folder: Path) -> Path | None:
+    """The ``last_step.ckpt`` under ``folder`` (any of anomalib's ``v<n>`` fit folders) trained furthest, or ``None``.
+
+    Ordered by the ``global_step`` stored in each file, ties by the version number read as a number (``v10`` after
+    ``v2``, which a sort of the paths gets wrong). The step is what resuming keeps, and it travels with the file,
+    whereas a copy between machines (cp, rsync without -t) resets modification times. Each fit of this tool resumes
+    the newest, so steps grow with versions and both orders agree. Reading the step is cheap: the tensors are
+    memory-mapped, not read; only the pickled metadata is. The files are this tool's own checkpoints.
+    """
+    import torch
+
+    def order(path: Path) -> tuple[int, int]:
+        step = int(torch.load(path, map_location="cpu", mmap=True, weights_only=False)["global_step"])
+        versions = [int(part[1:]) for part in path.relative_to(folder).parts if re.fullmatch(r"v\d+", part)]
+        return step, versions[-1] if versions else -1
+
+    # resolve: anomalib's ``latest`` link names one of the version folders again (where rglob follows links)
+    found = {path.resolve(): path for path in folder.rglob(STEP_CHECKPOINT)}
+    return max(found.values(), key=order, default=None)
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file beside it: a reader never sees a partial file.
+
+    ``save_atomically`` does this for a Trainer's checkpoint only. The temporary name holds the process id, so two
+    processes never write the same one; opened normally, it gets the umask's permissions (tempfile's are 0600).
+    """
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    try:
+        partial.write_text(text)
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``.<name>.lock`` beside ``path`` while the block runs (POSIX flock: not Windows)."""
+    import fcntl  # POSIX only; imported here so that the rest of this module still imports elsewhere
+
+    # a lock file beside, not ``path`` itself: ``path`` is replaced by each write, so a lock on it would be lost
+    with path.with_name(f".{path.name}.lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also when this process dies
+        yield
+
+
 def _load_results(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.is_file() else {"rows": []}
+
+
+def merge_results(path: Path, metadata: dict[str, Any], rows: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
+    """Add ``rows`` (replacing those of the same step) and ``metadata`` to the results file ``path``; return it.
+
+    A training run and a ``train=False`` evaluation beside it both merge into one file: the read, merge and write
+    hold a lock, so neither loses the other's rows, and the write is atomic, so no reader sees half a file.
+    """
+    with _locked(path):
+        results = {**_load_results(path), **metadata}
+        steps = {row["step"] for row in rows}
+        results["rows"] = sorted([*(old for old in results["rows"] if old["step"] not in steps), *rows],
+                                 key=lambda each: each["step"])
+        _write_atomically(path, json.dumps(results, indent=2))
+    return results
 
 
 def _evaluate(model: Any, datamodule: Any, checkpoint: Path | None, workdir: Path) -> dict[str, float]:  # noqa: ANN401
     from anomalib.engine import Engine
 
     engine = Engine(default_root_dir=workdir, logger=False, enable_progress_bar=False, devices=1)
-    engine.validate(model, datamodule, ckpt_path=checkpoint)  # fits map normalisation and thresholds
-    metrics = engine.test(model, datamodule)[0]
-    return {name: float(metrics[name]) for name in METRICS if name in metrics}
+    learning = engine.validate(model, datamodule, ckpt_path=checkpoint)[0]  # fits map normalisation and thresholds
+    metrics = {**engine.test(model, datamodule)[0], **learning}
+    return {name: float(metrics[name]) for name in (*METRICS, *BRANCH_METRICS, *LEARNING_METRICS) if name in metrics}
 
 
 def convergence_run(model: Any, datamodule: Any, steps: Sequence[int], output: str | Path,  # noqa: ANN401
@@ -123,7 +193,7 @@ def convergence_run(model: Any, datamodule: Any, steps: Sequence[int], output: s
     if train and not (snapshots / f"step_{last}.ckpt").is_file():
         engine = Engine(default_root_dir=output / "train", logger=False, devices=1, accelerator=accelerator,
                         precision=precision, callbacks=[SnapshotAtSteps(steps, snapshots)])
-        resume_from = next(iter(sorted((output / "train").rglob(STEP_CHECKPOINT))), None) if resume else None
+        resume_from = newest_step_checkpoint(output / "train") if resume else None
         if resume_from is None and start_from is not None:
             resume_from = Path(start_from)
         engine.fit(model, datamodule, ckpt_path=resume_from)
@@ -144,15 +214,13 @@ def convergence_run(model: Any, datamodule: Any, steps: Sequence[int], output: s
         row = {"step": step, "train_minutes": round(snapshot["train_seconds"] / 60, 2),
                "train_loss": snapshot.get("train_loss"), **metrics,
                "evaluate_seconds": round(time.perf_counter() - started, 1)}
-        # read again: another process (train=False beside a training run) may have added rows meanwhile
-        results = {**_load_results(results_path), **metadata}
-        results["rows"] = sorted([*(old for old in results["rows"] if old["step"] != step), row],
-                                 key=lambda each: each["step"])
-        results_path.write_text(json.dumps(results, indent=2))
+        choice = getattr(model, "branch_choice", None)  # EfficientAdPlugin: the weights fitted with the maps
+        if choice is not None:
+            row["branch_choice"] = choice.to_dict()
+        # merged into the file as it is now: another process (train=False beside a training run) may have added rows
+        merge_results(results_path, metadata, [row])
         logger.info("step %d: %s", step, metrics)
-    results = {**_load_results(results_path), **metadata}
-    results_path.write_text(json.dumps(results, indent=2))
-    return results
+    return merge_results(results_path, metadata)
 
 
 def reference_run(model: Any, datamodule: Any, output: str | Path, recipe: str,  # noqa: ANN401
@@ -174,7 +242,7 @@ def reference_run(model: Any, datamodule: Any, output: str | Path, recipe: str, 
                "platform": platform.platform(), "data": _describe(datamodule), "reference": True,
                "rows": [{"step": None, "train_minutes": round(fit_seconds / 60, 2),
                          **{name: float(metrics[name]) for name in METRICS if name in metrics}}]}
-    (output / RESULTS).write_text(json.dumps(results, indent=2))
+    _write_atomically(output / RESULTS, json.dumps(results, indent=2))
     return results
 
 

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F  # noqa: N812
 
+from ..anomaly_map import add_missing_branch_weights
 from ..images import read_rgb
 from ..torch_model import EfficientAdPluginModel
 from .dataset import DatasetImage
@@ -56,8 +57,9 @@ def model_from_checkpoint(checkpoint: dict[str, Any]) -> EfficientAdPluginModel:
     model = EfficientAdPluginModel(hyper_parameters.get("model_size", "small"),
                                    tuple(hyper_parameters.get("image_size", (256, 256))))
     prefix = "model."
-    model.load_state_dict({key[len(prefix):]: value for key, value in checkpoint["state_dict"].items()
-                           if key.startswith(prefix)})
+    state_dict = {key[len(prefix):]: value for key, value in checkpoint["state_dict"].items() if key.startswith(prefix)}
+    add_missing_branch_weights(state_dict, "anomaly_map_generator.")  # checkpoints from before branch weights
+    model.load_state_dict(state_dict)
     return model.eval()
 
 
