@@ -32,7 +32,8 @@ def _engine(tmp_path: Path) -> Engine:
     ("arguments", "message"),
     [({"image_size": 224}, "256"), ({"image_size": (256, 255)}, "256"), ({"model_size": "large"}, "small"),
      ({"max_steps": 0}, "max_steps"), ({"teacher_cache_mib": -1}, "teacher_cache_mib"),
-     ({"lr_schedule": "cosine"}, "lr_schedule"), ({"warmup_fraction": 0.0}, "warmup_fraction")],
+     ({"lr_schedule": "cosine"}, "lr_schedule"), ({"warmup_fraction": 0.0}, "warmup_fraction"),
+     ({"branch_weights": "mean"}, "branch_weights")],
 )
 def test_bad_arguments_fail_at_construction(arguments: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
@@ -317,3 +318,42 @@ def test_runs_of_500_steps_or_more_time_the_student_passes_on_cpu(
         engine.fit(model, _datamodule(synthetic_root))
     assert model.model.measure_student_pass
     assert any(record.message.startswith("Student pass on this CPU") for record in caplog.records)
+
+
+def test_auto_branch_weights_are_chosen_logged_saved_and_tested_per_branch(
+        synthetic_root: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    model = EfficientAdPlugin(teacher_weights="untrained", penalty_dir=None, max_steps=1, branch_weights="auto",
+                              visualizer=False)
+    engine = _engine(tmp_path)
+    with caplog.at_level(logging.INFO, logger="efficientad_plugin"):
+        engine.fit(model, _datamodule(synthetic_root))
+    choice = model.branch_choice
+    assert choice is not None and choice.rule == "auto"
+    assert set(choice.synthetic_auroc) == {"local", "global", "paper"}
+    student, autoencoder = choice.explained_variance
+    assert autoencoder < 0.5  # one step: the autoencoder has not learnt, so the synthetic scores decided
+    assert tuple(model.model.anomaly_map_generator.branch_weights.tolist()) == choice.weights
+    assert "Branch weights (local, global)" in caplog.text and "Explained variance" in caplog.text
+    saved = torch.load(next(tmp_path.rglob("model.ckpt")), map_location="cpu", weights_only=True)
+    assert saved["branch_choice"] == choice.to_dict()
+    assert tuple(saved["state_dict"]["model.anomaly_map_generator.branch_weights"].tolist()) == choice.weights
+    metrics = engine.test(model, _datamodule(synthetic_root))[0]
+    for branch in ("local", "global", "paper"):
+        assert 0.0 <= metrics[f"{branch}_image_AUROC"] <= 1.0
+        assert 0.0 <= metrics[f"{branch}_pixel_AUPRO"] <= 1.0
+
+
+def test_checkpoint_from_before_branch_weights_loads_with_the_paper_average(
+        synthetic_root: Path, tmp_path: Path) -> None:
+    model = EfficientAdPlugin(teacher_weights="untrained", penalty_dir=None, max_steps=1, evaluator=False,
+                              visualizer=False)
+    _engine(tmp_path / "fit").fit(model, _datamodule(synthetic_root))
+    state = torch.load(next((tmp_path / "fit").rglob("model.ckpt")), map_location="cpu", weights_only=False)
+    del state["state_dict"]["model.anomaly_map_generator.branch_weights"]
+    state.pop("branch_choice", None)
+    old = tmp_path / "old.ckpt"
+    torch.save(state, old)
+    restored = EfficientAdPlugin(teacher_weights="untrained", penalty_dir=None, evaluator=False, visualizer=False)
+    restored.model.anomaly_map_generator.set_branch_weights(1.0, 0.0)  # must be overwritten by the load
+    _engine(tmp_path / "test").test(restored, _datamodule(synthetic_root), ckpt_path=old)
+    assert restored.model.anomaly_map_generator.branch_weights.tolist() == [0.5, 0.5]

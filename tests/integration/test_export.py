@@ -143,3 +143,27 @@ def test_openvino_model_api_runs_the_ir_unchanged(exported: tuple[EfficientAdPlu
         rounded = np.round(np.clip(expected.anomaly_map, 0, 1) * 255)
         assert np.abs(result.anomaly_map.astype(np.float64) - rounded).max() <= 1  # a rounding boundary at most
         assert np.array_equal(result.pred_mask.astype(bool), expected.anomaly_map > 0.5)  # anomalib: > threshold
+
+
+def test_branch_weights_are_part_of_the_exported_graph(synthetic_root: Path, tmp_path: Path) -> None:
+    """A model whose weights give the local map everything exports that map, not the paper's average."""
+    datamodule = MVTecAD(root=synthetic_root, category="synthetic", train_batch_size=1, eval_batch_size=4,
+                         num_workers=0, val_split_mode="from_train", val_split_ratio=0.2, seed=0)
+    model = EfficientAdPlugin(teacher_weights="untrained", penalty_dir=None, max_steps=1, evaluator=False,
+                              visualizer=False)
+    engine = Engine(default_root_dir=tmp_path, logger=False, enable_progress_bar=False, accelerator="cpu")
+    engine.fit(model, datamodule=datamodule)
+    model.eval()
+    image = np.asarray(Image.open(next((synthetic_root / "synthetic" / "test").rglob("*.png"))).convert("RGB"),
+                       dtype=np.float32) / 255
+    pixels = torch.from_numpy(image).permute(2, 0, 1)[None]
+    with torch.no_grad():
+        paper = model(pixels).anomaly_map[0, 0].numpy()
+        model.model.anomaly_map_generator.set_branch_weights(1.0, 0.0)
+        local = model(pixels).anomaly_map[0, 0].numpy()
+    assert np.abs(local - paper).max() > 1e-3  # the weights change the map
+    xml = engine.export(model, ExportType.OPENVINO, export_root=tmp_path / "local")
+    exported = OpenVinoDetector(xml, precision="f32").predict(image).anomaly_map
+    pixel_range = float(model.post_processor.pixel_max - model.post_processor.pixel_min)
+    assert np.abs(exported - local).max() * pixel_range <= TOLERANCES["openvino_fp32"] * pixel_range + 1e-6
+    assert np.abs(exported - paper).max() > 1e-3
