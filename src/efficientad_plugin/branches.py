@@ -17,6 +17,7 @@ anomalib has no such rule; the generator is anomalib's.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
@@ -46,8 +47,8 @@ class BranchChoice:
     synthetic_auroc: dict[str, float] | None = None  # "local", "global", "paper" -> image AUROC
 
     def to_dict(self) -> dict:
-        """JSON types, for the checkpoint and the logs."""
-        return asdict(self)
+        """JSON types (lists, not tuples), for the checkpoint, results files and logs."""
+        return json.loads(json.dumps(asdict(self)))
 
     @classmethod
     def from_dict(cls, data: Mapping) -> BranchChoice:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 
 import torch
@@ -114,3 +115,25 @@ class ResumableDataOrder(Callback):
 
         train_dataloader.resumable = True
         datamodule.train_dataloader = train_dataloader
+
+
+def newest_step_checkpoint(folder: str | Path) -> Path | None:
+    """The ``last_step.ckpt`` under ``folder`` (any of anomalib's ``v<n>`` fit folders) trained furthest, or ``None``.
+
+    Ordered by the ``global_step`` stored in each file, ties by the version number read as a number (``v10`` after
+    ``v2``, which a sort of the paths gets wrong). The step is what resuming keeps, and it travels with the file,
+    whereas a copy between machines (cp, rsync without -t) resets modification times. A run that always resumes the
+    newest (the convergence tool, the scale-out jobs) has steps that grow with versions, so both orders agree.
+    Reading the step is cheap: the tensors are memory-mapped, not read; only the pickled metadata is. The files are
+    this package's own checkpoints (``StepCheckpoint``).
+    """
+
+    def order(path: Path) -> tuple[int, int]:
+        step = int(torch.load(path, map_location="cpu", mmap=True, weights_only=False)["global_step"])
+        versions = [int(part[1:]) for part in path.relative_to(folder).parts if re.fullmatch(r"v\d+", part)]
+        return step, versions[-1] if versions else -1
+
+    folder = Path(folder)
+    # resolve: anomalib's ``latest`` link names one of the version folders again (where rglob follows links)
+    found = {path.resolve(): path for path in folder.rglob(STEP_CHECKPOINT)}
+    return max(found.values(), key=order, default=None)

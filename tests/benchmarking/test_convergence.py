@@ -14,13 +14,8 @@ from anomalib.engine import Engine
 from PIL import Image
 
 from efficientad_plugin import EfficientAdPlugin
-from efficientad_plugin.benchmarking.convergence import (
-    RESULTS,
-    convergence_run,
-    merge_results,
-    newest_step_checkpoint,
-    plot_curves,
-)
+from efficientad_plugin.benchmarking.convergence import RESULTS, convergence_run, merge_results, plot_curves
+from efficientad_plugin.callbacks import newest_step_checkpoint
 
 
 def _datamodule(root: Path) -> MVTecAD:
@@ -42,6 +37,10 @@ def test_snapshots_are_evaluated_at_their_steps_and_a_rerun_adds_nothing(synthet
     for row in rows:
         assert {"image_AUROC", "pixel_AUROC", "pixel_AUPRO"} <= set(row)
         assert row["train_loss"] > 0  # the mean training loss since the previous snapshot
+        # each branch alone and the paper's average, what the networks learnt, and the weights with their reason
+        assert {f"{branch}_image_AUROC" for branch in ("local", "global", "paper")} <= set(row)
+        assert row["val_autoencoder_explained_variance"] <= 1 and row["val_student_explained_variance"] <= 1
+        assert row["branch_choice"]["weights"] == [0.5, 0.5] and row["val_global_branch_weight"] == 0.5
     assert results["recipe"] == "paper" and "synthetic" in results["data"] and results["precision"] == "32"
     # the snapshot of step 1 is another model than that of step 3
     snapshots = tmp_path / "snapshots"

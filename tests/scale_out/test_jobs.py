@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from efficientad_plugin.callbacks import newest_step_checkpoint
 from efficientad_plugin.scale_out import Job, expand_jobs
-from efficientad_plugin.scale_out.jobs import latest_step_checkpoint
 
 
 def test_a_grid_makes_one_job_per_combination_with_distinct_names() -> None:
@@ -39,13 +39,15 @@ def test_overrides_become_anomalib_flags_and_the_job_folder_is_the_results_root(
                                        "--default_root_dir", str(tmp_path)]
 
 
-def test_the_newest_step_checkpoint_of_any_run_version_is_resumed(tmp_path: Path) -> None:
+def test_the_step_checkpoint_trained_furthest_of_any_run_version_is_resumed(tmp_path: Path) -> None:
     import os
 
-    assert latest_step_checkpoint(tmp_path) is None
+    import torch
+
+    assert newest_step_checkpoint(tmp_path) is None
     old, new = tmp_path / "v0" / "last_step.ckpt", tmp_path / "v1" / "last_step.ckpt"
-    for index, path in enumerate((old, new)):
+    for step, path in ((10, old), (20, new)):
         path.parent.mkdir()
-        path.write_bytes(b"x")
-        os.utime(path, (1000 + index, 1000 + index))
-    assert latest_step_checkpoint(tmp_path) == new
+        torch.save({"global_step": step}, path)
+    os.utime(new, (1000, 1000))  # older on disk (a copy without -t): the step decides, not the time
+    assert newest_step_checkpoint(tmp_path) == new

@@ -14,7 +14,6 @@ import json
 import logging
 import os
 import platform
-import re
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -23,31 +22,13 @@ from typing import Any
 
 from lightning.pytorch import Callback, LightningModule, Trainer
 
-from ..callbacks import STEP_CHECKPOINT, save_atomically
+from ..callbacks import newest_step_checkpoint, save_atomically
 from ..hardware import cpu_description, large_allocations_to_mmap
+from .metrics import evaluator, reported
 
 logger = logging.getLogger(__name__)
 
 RESULTS = "results.json"
-METRICS = ("image_AUROC", "image_F1Score", "pixel_AUROC", "pixel_F1Score", "pixel_AUPRO")
-# EfficientAdPlugin's test also measures each branch alone and the paper's average (``branches.BranchMetrics``),
-# and its validation what each network has learnt (explained variance) and the global map's weight.
-BRANCH_METRICS = tuple(f"{branch}_{level}" for branch in ("local", "global", "paper")
-                       for level in ("image_AUROC", "pixel_AUROC", "pixel_AUPRO"))
-LEARNING_METRICS = ("val_student_explained_variance", "val_autoencoder_explained_variance", "val_global_branch_weight")
-
-
-def evaluator() -> object:
-    """anomalib's Evaluator with the metrics of the curves (AU-PRO added to anomalib's defaults)."""
-    from anomalib.metrics import AUPRO, AUROC, Evaluator, F1Score
-
-    return Evaluator(test_metrics=[
-        AUROC(fields=["pred_score", "gt_label"], prefix="image_"),
-        F1Score(fields=["pred_label", "gt_label"], prefix="image_"),
-        AUROC(fields=["anomaly_map", "gt_mask"], prefix="pixel_", strict=False),
-        F1Score(fields=["pred_mask", "gt_mask"], prefix="pixel_", strict=False),
-        AUPRO(fields=["anomaly_map", "gt_mask"], prefix="pixel_", strict=False),
-    ])
 
 
 class SnapshotAtSteps(Callback):
@@ -91,27 +72,6 @@ class SnapshotAtSteps(Callback):
         self.seconds = float(state_dict["seconds"])
         self.loss_sum = float(state_dict.get("loss_sum", 0.0))
         self.loss_count = int(state_dict.get("loss_count", 0))
-
-
-def newest_step_checkpoint(folder: Path) -> Path | None:
-    """The ``last_step.ckpt`` under ``folder`` (any of anomalib's ``v<n>`` fit folders) trained furthest, or ``None``.
-
-    Ordered by the ``global_step`` stored in each file, ties by the version number read as a number (``v10`` after
-    ``v2``, which a sort of the paths gets wrong). The step is what resuming keeps, and it travels with the file,
-    whereas a copy between machines (cp, rsync without -t) resets modification times. Each fit of this tool resumes
-    the newest, so steps grow with versions and both orders agree. Reading the step is cheap: the tensors are
-    memory-mapped, not read; only the pickled metadata is. The files are this tool's own checkpoints.
-    """
-    import torch
-
-    def order(path: Path) -> tuple[int, int]:
-        step = int(torch.load(path, map_location="cpu", mmap=True, weights_only=False)["global_step"])
-        versions = [int(part[1:]) for part in path.relative_to(folder).parts if re.fullmatch(r"v\d+", part)]
-        return step, versions[-1] if versions else -1
-
-    # resolve: anomalib's ``latest`` link names one of the version folders again (where rglob follows links)
-    found = {path.resolve(): path for path in folder.rglob(STEP_CHECKPOINT)}
-    return max(found.values(), key=order, default=None)
 
 
 def _write_atomically(path: Path, text: str) -> None:
@@ -163,8 +123,7 @@ def _evaluate(model: Any, datamodule: Any, checkpoint: Path | None, workdir: Pat
 
     engine = Engine(default_root_dir=workdir, logger=False, enable_progress_bar=False, devices=1)
     learning = engine.validate(model, datamodule, ckpt_path=checkpoint)[0]  # fits map normalisation and thresholds
-    metrics = {**engine.test(model, datamodule)[0], **learning}
-    return {name: float(metrics[name]) for name in (*METRICS, *BRANCH_METRICS, *LEARNING_METRICS) if name in metrics}
+    return reported({**engine.test(model, datamodule)[0], **learning})
 
 
 def convergence_run(model: Any, datamodule: Any, steps: Sequence[int], output: str | Path,  # noqa: ANN401
@@ -241,7 +200,7 @@ def reference_run(model: Any, datamodule: Any, output: str | Path, recipe: str, 
     results = {"recipe": recipe, "model": type(model).__name__, "machine": cpu_description(),
                "platform": platform.platform(), "data": _describe(datamodule), "reference": True,
                "rows": [{"step": None, "train_minutes": round(fit_seconds / 60, 2),
-                         **{name: float(metrics[name]) for name in METRICS if name in metrics}}]}
+                         **reported(metrics)}]}
     _write_atomically(output / RESULTS, json.dumps(results, indent=2))
     return results
 

@@ -26,22 +26,10 @@ import yaml
 from jsonargparse import ArgumentParser
 
 from efficientad_plugin.benchmarking.child import add_child_result_argument, run_in_child, write_child_result
+from efficientad_plugin.benchmarking.metrics import METRICS, evaluator, reported
 from efficientad_plugin.cli import console_command
 
-METRICS = ("image_AUROC", "image_F1Score", "pixel_AUROC", "pixel_F1Score", "pixel_AUPRO")
 SPEED_RUNS = 50
-
-
-def _evaluator() -> object:
-    from anomalib.metrics import AUPRO, AUROC, Evaluator, F1Score
-
-    return Evaluator(test_metrics=[
-        AUROC(fields=["pred_score", "gt_label"], prefix="image_"),
-        F1Score(fields=["pred_label", "gt_label"], prefix="image_"),
-        AUROC(fields=["anomaly_map", "gt_mask"], prefix="pixel_", strict=False),
-        F1Score(fields=["pred_mask", "gt_mask"], prefix="pixel_", strict=False),
-        AUPRO(fields=["anomaly_map", "gt_mask"], prefix="pixel_", strict=False),
-    ])
 
 
 def _model_input_size(model: object) -> tuple[int, int]:
@@ -65,7 +53,7 @@ def run_job(job_file: Path) -> dict[str, Any]:
 
     job = pickle.loads(job_file.read_bytes())  # noqa: S301 (written by the parent process just before)
     model = job.model
-    model.evaluator = _evaluator()
+    model.evaluator = evaluator()
     with tempfile.TemporaryDirectory() as workdir:
         seed_everything(job.seed)
         engine = Engine(accelerator=job.accelerator, devices=1, default_root_dir=workdir, logger=False,
@@ -73,7 +61,8 @@ def run_job(job_file: Path) -> dict[str, Any]:
         start = time.perf_counter()
         engine.fit(model, job.datamodule)
         fitted = time.perf_counter()
-        metrics = engine.test(model, job.datamodule)[0]
+        learning = dict(engine.trainer.callback_metrics)  # what the fit's validation logged (EfficientAdPlugin)
+        metrics = {**engine.test(model, job.datamodule)[0], **learning}
         tested = time.perf_counter()
         size = _model_input_size(model)
         xml = export_openvino_batch1(model.eval(), size, Path(workdir) / "openvino" / "model.xml")
@@ -83,7 +72,7 @@ def run_job(job_file: Path) -> dict[str, Any]:
         **{key: value for key, value in job.flat_cfg.items() if key != "model.class_path"},
         "fit_seconds": round(fitted - start, 1),
         "test_seconds": round(tested - fitted, 1),
-        **{name: float(metrics[name]) for name in METRICS if name in metrics},
+        **reported(metrics),
         "latency_ms": round(speed["latency_ms"], 1),
         "p95_ms": round(speed["p95_ms"], 1),
         "throughput_fps": round(speed["throughput_fps"], 2),

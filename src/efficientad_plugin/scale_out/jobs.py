@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..callbacks import STEP_CHECKPOINT
+from ..callbacks import newest_step_checkpoint
 
 RESULT = "result.json"
 RUNNING = "running.json"
@@ -80,12 +80,6 @@ def expand_jobs(jobs: Sequence[Job | Mapping[str, Any]] = (), config: str | None
     return expanded
 
 
-def latest_step_checkpoint(folder: Path) -> Path | None:
-    """The newest resumable step checkpoint under ``folder`` (any run version), or ``None``."""
-    found = sorted(folder.rglob(STEP_CHECKPOINT), key=lambda path: path.stat().st_mtime)
-    return found[-1] if found else None
-
-
 def finished_result(folder: Path) -> dict[str, Any] | None:
     """The result of a job that finished in ``folder`` earlier, or ``None``."""
     path = folder / RESULT
@@ -100,7 +94,7 @@ def run_job(job: Job, folder: str | Path, export: bool = True, int8: bool = Fals
     import torch
     from anomalib.cli import AnomalibCLI
 
-    from ..benchmarking.convergence import METRICS, evaluator
+    from ..benchmarking.metrics import evaluator, reported
 
     folder = Path(folder)
     done = finished_result(folder)
@@ -114,7 +108,7 @@ def run_job(job: Job, folder: str | Path, export: bool = True, int8: bool = Fals
                                               "first_started_at": first_started}))
     if job.cpus >= 1:  # torch's threads = the CPUs reserved for the job (a pooled Ray worker may hold another count)
         torch.set_num_threads(int(job.cpus))
-    resume = latest_step_checkpoint(folder)
+    resume = newest_step_checkpoint(folder)
     resumed_from = int(torch.load(resume, map_location="cpu", weights_only=False)["global_step"]) if resume else 0
     try:
         cli = AnomalibCLI(job.arguments(folder), run=False)
@@ -143,7 +137,7 @@ def run_job(job: Job, folder: str | Path, export: bool = True, int8: bool = Fals
         "dataset": type(cli.datamodule).__name__, "root": str(data.get("root")),
         "category": str(data.get("category") or data.get("name") or ""),
         "steps": int(cli.engine.trainer.global_step), "resumed_from_step": resumed_from, "attempt": attempt,
-        **{name: float(metrics[0][name]) for name in METRICS if metrics and name in metrics[0]},
+        **(reported(metrics[0]) if metrics else {}),
         "fit_minutes": round(minutes, 2), "first_started_at": first_started, "finished_at": time.time(),
         "ir_path": None if ir_path is None else str(ir_path),
         "int8_path": None if int8_path is None else str(int8_path), "job_spec": asdict(job),
