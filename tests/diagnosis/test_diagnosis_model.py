@@ -52,6 +52,12 @@ def test_scores_maps_and_galleries(diagnosis: Diagnosis) -> None:
     row = facts["maps_per_defect_type"]["defect"]
     assert row["images"] == 2 and 0.0 <= row["local_share"] <= 1.0
     assert {"auroc_combined", "auroc_local", "auroc_global"} <= set(row)
+    overall = facts["maps_overall"]  # all test images: each map alone, the paper's average, the model's weighting
+    for branch in ("local", "global", "paper"):
+        for metric in ("image_AUROC", "pixel_AUROC", "pixel_AUPRO"):
+            assert 0.0 <= overall[f"{branch}_{metric}"] <= 1.0
+    assert overall["model_weights"] == [0.5, 0.5]
+    assert overall["model_image_AUROC"] == pytest.approx(overall["paper_image_AUROC"])
     assert len(facts["worst_false_positives"]) == 2 and len(facts["worst_false_negatives"]) == 2
     assert 0.0 <= facts["border"]["anomaly_mass_share"] <= 1.0
     captions = [figure.caption for figure in diagnosis.sections[1].figures]
@@ -69,6 +75,14 @@ def test_local_and_global_parts_add_up_to_the_models_map(trained_checkpoint: tup
         expected = model(resized).anomaly_map[0, 0].numpy()
     np.testing.assert_allclose(scored.anomaly_map, expected, rtol=1e-5, atol=1e-6)
     assert scored.score == pytest.approx(float(expected.max()), rel=1e-5)
+    # with the global map weighted out, the model's map is the local map alone, and the report's map follows
+    model.anomaly_map_generator.set_branch_weights(1.0, 0.0)
+    [local_only] = score_images(model, [image])
+    with torch.no_grad():
+        expected = model(resized).anomaly_map[0, 0].numpy()
+    np.testing.assert_allclose(local_only.anomaly_map, expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(local_only.local_map, scored.local_map)  # each map alone does not depend on weights
+    assert local_only.local_share == 1.0
 
 
 class _Images(HTMLParser):

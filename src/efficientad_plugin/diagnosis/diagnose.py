@@ -57,6 +57,8 @@ def _model_section(checkpoint: dict[str, Any], images: list[DatasetImage], max_t
         return section  # an unfitted model's scores mean nothing
     train = [image for image in images if image.split == "train"]
     train = train[::max(1, math.ceil(len(train) / max_train_images))]
+    if checkpoint.get("branch_choice") is not None:  # how the local and global maps were weighted, and why
+        section.facts["branch_choice"] = checkpoint["branch_choice"]
     scored = score_images(model_from_checkpoint(checkpoint), train + [i for i in images if i.split != "train"])
     check_scores(section, scored, section.facts["image_threshold"])
     check_branches(section, scored)

@@ -8,7 +8,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from ..evaluation import auroc
+from ..branches import BranchMetrics
+from ..evaluation import auroc, defect_mask
 from .figures import GalleryItem, gallery_png, histogram_png
 from .findings import Figure, Section, Severity
 from .scoring import ScoredImage
@@ -98,6 +99,24 @@ def check_branches(section: Section, scored: Sequence[ScoredImage]) -> None:
                             "textures the local one.")
         table[defect_type] = row
     section.facts["maps_per_defect_type"] = table
+    tested = [item for item in scored if item.image.split == "test"]
+    if any(item.image.label for item in tested) and any(not item.image.label for item in tested):
+        section.facts["maps_overall"] = branch_metrics(tested)
+
+
+def branch_metrics(tested: Sequence[ScoredImage]) -> dict[str, float]:
+    """Image AUROC, pixel AUROC and AU-PRO of each map alone, the paper's average and the model's own weighting.
+
+    Pixel metrics use the mask files (a defective image without one counts every pixel as defective).
+    """
+    shape = tested[0].local_map.shape
+    labels = torch.tensor([int(item.image.label) for item in tested])
+    metrics = BranchMetrics()
+    metrics.update(torch.from_numpy(np.stack([item.local_map for item in tested]))[:, None],
+                   torch.from_numpy(np.stack([item.global_map for item in tested]))[:, None], labels,
+                   torch.from_numpy(np.stack([defect_mask(item.image, shape) for item in tested])))
+    return {**metrics.compute(), "model_image_AUROC": auroc(torch.tensor([item.score for item in tested]), labels),
+            "model_weights": list(tested[0].weights)}
 
 
 def _gallery(items: Sequence[ScoredImage]) -> bytes:

@@ -21,17 +21,19 @@ BATCH_SIZE = 8  # images per forward pass: bounded memory, fewer calls
 
 @dataclass(frozen=True)
 class ScoredImage:
-    """An image at the model's size with the local and global parts of its anomaly map (they add up to the map)."""
+    """An image at the model's size with its local and global maps, each normalised on its own (0 at q_a, 0.1 at
+    q_b of normal validation pixels) and unweighted; the anomaly map is their sum under the model's weights."""
 
     image: DatasetImage
     pixels: np.ndarray  # [H, W, 3] uint8
     local_map: np.ndarray  # [H, W] float32
     global_map: np.ndarray  # [H, W] float32
+    weights: tuple[float, float] = (0.5, 0.5)  # (local, global): the model's branch weights
 
     @property
     def anomaly_map(self) -> np.ndarray:
-        """The model's anomaly map: quantile-normalised, 0 at q_a and 0.1 at q_b of normal validation pixels."""
-        return self.local_map + self.global_map
+        """The model's anomaly map: the weighted sum of the two normalised maps."""
+        return self.weights[0] * self.local_map + self.weights[1] * self.global_map
 
     @property
     def score(self) -> float:
@@ -42,7 +44,8 @@ class ScoredImage:
     def local_share(self) -> float:
         """Share of the local map in the anomaly map at its maximum (positive parts only); NaN if neither is."""
         index = np.unravel_index(np.argmax(self.anomaly_map), self.anomaly_map.shape)
-        local, global_ = max(float(self.local_map[index]), 0.0), max(float(self.global_map[index]), 0.0)
+        local = max(self.weights[0] * float(self.local_map[index]), 0.0)
+        global_ = max(self.weights[1] * float(self.global_map[index]), 0.0)
         return local / (local + global_) if local + global_ > 0 else float("nan")
 
 
@@ -68,17 +71,14 @@ def score_images(model: EfficientAdPluginModel, images: Sequence[DatasetImage],
                  batch_size: int = BATCH_SIZE) -> list[ScoredImage]:
     """Resize each image to the model's size as anomalib's pre-processor does and split its anomaly map."""
     generator = model.anomaly_map_generator
+    weights = tuple(float(weight) for weight in generator.branch_weights)
     scored = []
     for start in range(0, len(images), batch_size):
         batch = images[start:start + batch_size]
         pixels = torch.cat([F.interpolate(read_rgb(image.path)[None], size=model.image_size, mode="bilinear",
                                           antialias=True) for image in batch])
-        st_map, ae_map = model.raw_maps(pixels)
-        # The generator is linear in each normalised branch, and a branch held at its q_a contributes zero:
-        # so these two maps are each branch's exact part of the final map, and they add up to it.
-        local = generator(st_map, torch.full_like(ae_map, float(generator.ae_quantiles[0])), model.image_size)
-        global_ = generator(torch.full_like(st_map, float(generator.st_quantiles[0])), ae_map, model.image_size)
+        local, global_ = generator.branch_maps(*model.raw_maps(pixels), model.image_size)
         rgb = (pixels.permute(0, 2, 3, 1).clamp(0, 1) * 255).round().byte().numpy()
-        scored += [ScoredImage(image, rgb[index], local[index, 0].numpy(), global_[index, 0].numpy())
+        scored += [ScoredImage(image, rgb[index], local[index, 0].numpy(), global_[index, 0].numpy(), weights)
                    for index, image in enumerate(batch)]
     return scored
