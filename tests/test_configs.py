@@ -75,7 +75,10 @@ def test_fast_preset_changes_only_the_schedule_and_precision_of_the_paper_recipe
     assert fast.config.fit.trainer.precision == "bf16-mixed"
     assert paper.config.fit.trainer.precision in (None, "32", "32-true")
     differing = {name for name, value in fast.model.hparams.items() if paper.model.hparams.get(name) != value}
-    assert differing == {"max_steps", "lr", "lr_schedule"}  # same networks, losses, penalty, teacher, image size
+    # same networks, losses and image size; offline (bundled teacher and penalty set) and the branch-weight rule
+    assert differing == {"max_steps", "lr", "lr_schedule", "teacher_weights", "penalty_dir", "branch_weights"}
+    assert fast.model.teacher_weights == "LITE0_NATURAL2K_V3" and fast.model.penalty_dir == "bundled"
+    assert fast.model.branch_weights == "auto" and paper.model.branch_weights == "paper"
     model = fast.model
     configuration = model.configure_optimizers()
     optimizer, scheduler = configuration["optimizer"], configuration["lr_scheduler"]["scheduler"]
@@ -86,9 +89,9 @@ def test_fast_preset_changes_only_the_schedule_and_precision_of_the_paper_recipe
         optimizer.step()
         scheduler.step()
     peak = model.lr
-    assert model.max_steps == 1500 and peak == pytest.approx(1e-3)
+    assert model.max_steps == 2200 and peak == pytest.approx(1e-3)
     assert rates[0] == pytest.approx(peak / 25)  # warm-up from lr/25 ...
-    assert rates[74] == pytest.approx(peak)  # ... to the peak at the end of the first 5 % (75 steps)
-    assert rates[787] == pytest.approx(peak / 2, rel=0.01)  # cosine: half the peak midway through the decay
+    assert rates[109] == pytest.approx(peak)  # ... to the peak at the end of the first 5 % (110 steps)
+    assert rates[1154] == pytest.approx(peak / 2, rel=0.01)  # cosine: half the peak midway through the decay
     assert rates[-1] == pytest.approx(peak / 2500, rel=1e-3)
-    assert model.trainer_arguments["max_steps"] == 1500 and model.trainer_arguments["val_check_interval"] == 1500
+    assert model.trainer_arguments["max_steps"] == 2200 and model.trainer_arguments["val_check_interval"] == 2200
