@@ -125,3 +125,18 @@ def test_branch_metrics_report_each_branch_and_the_average() -> None:
     without_masks = BranchMetrics()
     without_masks.update(local, global_, torch.tensor([0, 0, 1, 1]), None)
     assert set(without_masks.compute()) == {"local_image_AUROC", "global_image_AUROC", "paper_image_AUROC"}
+
+
+def test_branch_metrics_rank_scores_across_batches_on_one_scale() -> None:
+    """torchmetrics squashes only the updates whose values leave [0, 1]; the metric must not depend on batching."""
+    def image_auroc(batches: list[tuple[list[float], list[int]]]) -> float:
+        metrics = BranchMetrics()
+        for scores, labels in batches:
+            local = torch.tensor(scores).view(-1, 1, 1, 1).expand(-1, 1, 4, 4).contiguous()
+            metrics.update(local, torch.zeros_like(local), torch.tensor(labels), None)
+        return metrics.compute()["local_image_AUROC"]
+
+    # normal {0.3, 0.9}, anomalous {0.5, 1.5}: three of the four pairs are ordered right
+    assert image_auroc([([0.3, 0.9], [0, 0]), ([0.5, 1.5], [1, 1])]) == pytest.approx(0.75)
+    assert image_auroc([([0.3, 0.5], [0, 1]), ([0.9, 1.5], [0, 1])]) == pytest.approx(0.75)
+    assert image_auroc([([30.0, 90.0], [0, 0]), ([50.0, 150.0], [1, 1])]) == pytest.approx(0.75)  # no saturation

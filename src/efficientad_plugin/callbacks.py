@@ -130,10 +130,10 @@ def newest_step_checkpoint(folder: str | Path) -> Path | None:
 
     def order(path: Path) -> tuple[int, int]:
         step = int(torch.load(path, map_location="cpu", mmap=True, weights_only=False)["global_step"])
-        versions = [int(part[1:]) for part in path.relative_to(folder).parts if re.fullmatch(r"v\d+", part)]
+        versions = [int(part[1:]) for part in path.parts if re.fullmatch(r"v\d+", part)]
         return step, versions[-1] if versions else -1
 
-    folder = Path(folder)
-    # resolve: anomalib's ``latest`` link names one of the version folders again (where rglob follows links)
-    found = {path.resolve(): path for path in folder.rglob(STEP_CHECKPOINT)}
-    return max(found.values(), key=order, default=None)
+    # resolved: a path through anomalib's ``latest`` link (which some Pythons' rglob follow) counts once, under its
+    # version folder's name
+    found = {path.resolve() for path in Path(folder).rglob(STEP_CHECKPOINT)}
+    return max(found, key=order, default=None)

@@ -87,8 +87,9 @@ class EfficientAdPlugin(AnomalibModule):
             later epochs when the training data is not randomly augmented; ``0`` turns the cache off.
         branch_weights: how the normalised local (student-teacher) and global (autoencoder) maps are combined:
             ``"paper"``: 0.5 / 0.5 (reproduction); ``"auto"``: decided after training from the normal validation
-            images only (``branches``): the paper's average once the autoencoder has learnt, else the branch that
-            separates synthetic anomalies best. The weights are logged, saved in the checkpoint and exported.
+            images only (``branches``): the paper's average once the autoencoder has learnt, else the average
+            unless one branch alone separates synthetic anomalies better by more than 0.01, then that branch
+            alone. The weights are logged, saved in the checkpoint and exported.
         pre_processor, post_processor, evaluator, visualizer: anomalib components, or ``True`` for the defaults.
     """
 
@@ -201,8 +202,8 @@ class EfficientAdPlugin(AnomalibModule):
         """
         super().on_load_checkpoint(checkpoint)
         add_missing_branch_weights(checkpoint.get("state_dict", {}), "model.anomaly_map_generator.")
-        if checkpoint.get("branch_choice") is not None:
-            self.branch_choice = BranchChoice.from_dict(checkpoint["branch_choice"])
+        choice = checkpoint.get("branch_choice")  # None in checkpoints from before branch weights (0.5 / 0.5)
+        self.branch_choice = None if choice is None else BranchChoice.from_dict(choice)
         keep_position_only(checkpoint.get("lr_schedulers", []))  # the schedule follows this run's max_steps
         own = self.state_dict().keys()
         model_state = checkpoint.get("state_dict", {})

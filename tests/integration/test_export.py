@@ -164,6 +164,5 @@ def test_branch_weights_are_part_of_the_exported_graph(synthetic_root: Path, tmp
     assert np.abs(local - paper).max() > 1e-3  # the weights change the map
     xml = engine.export(model, ExportType.OPENVINO, export_root=tmp_path / "local")
     exported = OpenVinoDetector(xml, precision="f32").predict(image).anomaly_map
-    pixel_range = float(model.post_processor.pixel_max - model.post_processor.pixel_min)
-    assert np.abs(exported - local).max() * pixel_range <= TOLERANCES["openvino_fp32"] * pixel_range + 1e-6
+    assert np.abs(exported - local).max() <= 1e-3  # normalised map units; the paper's average is further off
     assert np.abs(exported - paper).max() > 1e-3

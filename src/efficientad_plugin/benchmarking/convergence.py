@@ -123,7 +123,7 @@ def _evaluate(model: Any, datamodule: Any, checkpoint: Path | None, workdir: Pat
 
     engine = Engine(default_root_dir=workdir, logger=False, enable_progress_bar=False, devices=1)
     learning = engine.validate(model, datamodule, ckpt_path=checkpoint)[0]  # fits map normalisation and thresholds
-    return reported({**engine.test(model, datamodule)[0], **learning})
+    return reported({**learning, **engine.test(model, datamodule)[0]})  # a test value wins over a validation one
 
 
 def convergence_run(model: Any, datamodule: Any, steps: Sequence[int], output: str | Path,  # noqa: ANN401

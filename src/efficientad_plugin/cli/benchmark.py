@@ -62,7 +62,7 @@ def run_job(job_file: Path) -> dict[str, Any]:
         engine.fit(model, job.datamodule)
         fitted = time.perf_counter()
         learning = dict(engine.trainer.callback_metrics)  # what the fit's validation logged (EfficientAdPlugin)
-        metrics = {**engine.test(model, job.datamodule)[0], **learning}
+        metrics = {**learning, **engine.test(model, job.datamodule)[0]}  # a test value wins over a fit's
         tested = time.perf_counter()
         size = _model_input_size(model)
         xml = export_openvino_batch1(model.eval(), size, Path(workdir) / "openvino" / "model.xml")

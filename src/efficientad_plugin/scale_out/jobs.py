@@ -119,6 +119,7 @@ def run_job(job: Job, folder: str | Path, export: bool = True, int8: bool = Fals
     cli.model.evaluator = evaluator()  # anomalib's test metrics and AU-PRO
     started = time.perf_counter()
     cli.engine.fit(model=cli.model, datamodule=cli.datamodule, ckpt_path=resume)
+    learning = dict(cli.engine.trainer.callback_metrics)  # what the fit's validation logged (EfficientAdPlugin)
     metrics = cli.engine.test(model=cli.model, datamodule=cli.datamodule)
     minutes = (time.perf_counter() - started) / 60
     ir_path = int8_path = None
@@ -137,7 +138,7 @@ def run_job(job: Job, folder: str | Path, export: bool = True, int8: bool = Fals
         "dataset": type(cli.datamodule).__name__, "root": str(data.get("root")),
         "category": str(data.get("category") or data.get("name") or ""),
         "steps": int(cli.engine.trainer.global_step), "resumed_from_step": resumed_from, "attempt": attempt,
-        **(reported(metrics[0]) if metrics else {}),
+        **reported({**learning, **(metrics[0] if metrics else {})}),
         "fit_minutes": round(minutes, 2), "first_started_at": first_started, "finished_at": time.time(),
         "ir_path": None if ir_path is None else str(ir_path),
         "int8_path": None if int8_path is None else str(int8_path), "job_spec": asdict(job),
