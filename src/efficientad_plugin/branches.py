@@ -7,10 +7,16 @@ images only, never from real defects or the test split:
 
 1. The autoencoder counts as learnt once it explains at least half of the normalised teacher features' variance on
    the normal validation images; then the paper's 0.5 / 0.5 holds.
-2. Otherwise the normal validation images and a synthetic anomaly made from each (anomalib's Perlin generator, as
-   DRAEM uses; seeded) are scored by the local map alone, the global map alone and the paper's average (maximum of
-   each map). The paper's average stays unless one branch alone separates the synthetic anomalies better by more
-   than ``PREFER_PAPER_WITHIN``; then that branch gets all the weight.
+2. Otherwise the global map has to show that it carries signal: the normal validation images and a synthetic
+   anomaly made from each (anomalib's Perlin generator, as DRAEM uses; seeded) are scored by the local map alone,
+   the global map alone and the paper's average (maximum of each map). The local map alone is kept unless the
+   average separates the synthetic anomalies better by more than ``MARGIN`` (then the average), or the global map
+   alone beats both by more than ``MARGIN`` (then the global map alone).
+
+The burden of proof lies on the global map because, before it has learnt, its map is the autoencoder's ignorance
+rather than a measurement, and because synthetic anomalies saturate: on deeppcb_mini after 2,200 steps the local
+map and the average both separated them at 0.985 while on real defects the local map reached 0.696 image AUROC
+and the average 0.560 (docs/benchmarks.md).
 
 anomalib has no such rule; the generator is anomalib's.
 """
@@ -29,10 +35,10 @@ BRANCH_WEIGHTS = ("paper", "auto")
 # Explained variance of the normalised teacher features from which the autoencoder counts as learnt: it then
 # reproduces most of what the teacher sees, and its map measures logical deviations rather than its own ignorance.
 AUTOENCODER_LEARNT = 0.5
-# A branch alone must beat the paper's average by more than this synthetic image AUROC to replace it: with 50-100
-# validation images (and as many synthetic ones) 0.01 is 25-100 of the N^2 normal/anomalous pairs ordered the
-# other way, inside what another seed of the synthetic anomalies moves; a smaller gap keeps the paper's average.
-PREFER_PAPER_WITHIN = 0.01
+# By how much synthetic image AUROC a weighting must beat the local map alone to give the unlearnt global map weight:
+# with 50-100 validation images (and as many synthetic ones) 0.01 is 25-100 of the N^2 normal/anomalous pairs
+# ordered the other way, inside what another seed of the synthetic anomalies moves; a smaller gap is a tie.
+MARGIN = 0.01
 CANDIDATES: dict[str, tuple[float, float]] = {"paper": PAPER_BRANCH_WEIGHTS, "local": (1.0, 0.0), "global": (0.0, 1.0)}
 SYNTHETIC_SEED = 20_240_127  # the synthetic anomalies are the same for every fit of the same validation images
 
@@ -89,18 +95,18 @@ def choose_branch_weights(rule: str, explained_variance: tuple[float, float] | N
     if synthetic is None:
         return BranchChoice(weights=PAPER_BRANCH_WEIGHTS,
                             reason="no synthetic anomalies could be scored, so the paper's average holds", **choice)
-    best = max(("local", "global"), key=lambda name: synthetic[name])
     learnt = "" if explained_variance is None else (
         f"the autoencoder explains only {explained_variance[1]:.2f} < {AUTOENCODER_LEARNT} of the teacher "
         f"features' variance; ")
     scores = ", ".join(f"{name} {value:.3f}" for name, value in synthetic.items())
-    if synthetic[best] > synthetic["paper"] + PREFER_PAPER_WITHIN:
-        return BranchChoice(weights=CANDIDATES[best], reason=(
-            f"{learnt}on synthetic anomalies of the normal validation images the {best} map alone separates best "
-            f"(image AUROC {scores}), by more than {PREFER_PAPER_WITHIN} over the paper's average"), **choice)
-    return BranchChoice(weights=PAPER_BRANCH_WEIGHTS, reason=(
-        f"{learnt}but on synthetic anomalies of the normal validation images no branch alone beats the paper's "
-        f"average by more than {PREFER_PAPER_WITHIN} (image AUROC {scores})"), **choice)
+    if synthetic["global"] > max(synthetic["local"], synthetic["paper"]) + MARGIN:
+        chosen, why = "global", f"the global map alone beats both other weightings by more than {MARGIN}"
+    elif synthetic["paper"] > synthetic["local"] + MARGIN:
+        chosen, why = "paper", f"the average beats the local map alone by more than {MARGIN} (the global map adds)"
+    else:
+        chosen, why = "local", f"nothing beats the local map alone by more than {MARGIN}, so the global map stays out"
+    return BranchChoice(weights=CANDIDATES[chosen], reason=(
+        f"{learnt}on synthetic anomalies of the normal validation images (image AUROC {scores}) {why}"), **choice)
 
 
 def synthetic_anomalies(images: torch.Tensor, seed: int) -> torch.Tensor:
