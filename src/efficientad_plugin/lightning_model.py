@@ -87,9 +87,9 @@ class EfficientAdPlugin(AnomalibModule):
             later epochs when the training data is not randomly augmented; ``0`` turns the cache off.
         branch_weights: how the normalised local (student-teacher) and global (autoencoder) maps are combined:
             ``"paper"``: 0.5 / 0.5 (reproduction); ``"auto"``: decided after training from the normal validation
-            images only (``branches``): the paper's average once the autoencoder has learnt, else the average
-            unless one branch alone separates synthetic anomalies better by more than 0.01, then that branch
-            alone. The weights are logged, saved in the checkpoint and exported.
+            images only (``branches``): the paper's average once the autoencoder has learnt; before that the local
+            map alone, unless the average (or the global map alone) separates synthetic anomalies better by more
+            than 0.01. The weights are logged, saved in the checkpoint and exported.
         pre_processor, post_processor, evaluator, visualizer: anomalib components, or ``True`` for the defaults.
     """
 
