@@ -86,10 +86,10 @@ class EfficientAdPlugin(AnomalibModule):
         teacher_cache_mib: memory for the teacher's outputs on the training images, computed once and reused in
             later epochs when the training data is not randomly augmented; ``0`` turns the cache off.
         branch_weights: how the normalised local (student-teacher) and global (autoencoder) maps are combined:
-            ``"paper"``: 0.5 / 0.5 (reproduction); ``"auto"``: decided after training from the normal validation
-            images only (``branches``): the paper's average once the autoencoder has learnt; before that the local
-            map alone, unless the average (or the global map alone) separates synthetic anomalies better by more
-            than 0.01. The weights are logged, saved in the checkpoint and exported.
+            ``"paper"``: 0.5 / 0.5 (reproduction); ``"auto"`` (default): decided after training from the normal
+            validation images only (``branches``): the paper's average once the autoencoder has learnt; before that
+            the local map alone, unless the average (or the global map alone) separates synthetic anomalies better
+            by more than 0.01. The weights are logged, saved in the checkpoint and exported.
         pre_processor, post_processor, evaluator, visualizer: anomalib components, or ``True`` for the defaults.
     """
 
@@ -106,7 +106,7 @@ class EfficientAdPlugin(AnomalibModule):
         weight_decay: float = 1e-5,
         checkpoint_every_n_steps: int = 5_000,
         teacher_cache_mib: float = 1024,
-        branch_weights: str = "paper",
+        branch_weights: str = "auto",
         pre_processor: PreProcessor | bool = True,
         post_processor: torch.nn.Module | bool = True,
         evaluator: Any = True,  # noqa: ANN401 (anomalib's Evaluator | bool)

@@ -150,7 +150,7 @@ def test_branch_weights_are_part_of_the_exported_graph(synthetic_root: Path, tmp
     datamodule = MVTecAD(root=synthetic_root, category="synthetic", train_batch_size=1, eval_batch_size=4,
                          num_workers=0, val_split_mode="from_train", val_split_ratio=0.2, seed=0)
     model = EfficientAdPlugin(teacher_weights="untrained", penalty_dir=None, max_steps=1, evaluator=False,
-                              visualizer=False)
+                              visualizer=False, branch_weights="paper")
     engine = Engine(default_root_dir=tmp_path, logger=False, enable_progress_bar=False, accelerator="cpu")
     engine.fit(model, datamodule=datamodule)
     model.eval()
