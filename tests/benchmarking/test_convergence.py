@@ -7,6 +7,7 @@ import multiprocessing
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from anomalib.data import MVTecAD
@@ -95,6 +96,9 @@ def test_snapshots_are_evaluated_at_their_steps_and_a_rerun_adds_nothing(synthet
     picture = plot_curves([tmp_path / RESULTS], tmp_path / "curves.png")
     with Image.open(picture) as image:
         assert image.size[0] > 100
+        plain = np.asarray(image.convert("RGB"))
+    with Image.open(plot_curves([tmp_path / RESULTS], tmp_path / "branches.png", branches=True)) as image:
+        assert not np.array_equal(np.asarray(image.convert("RGB")), plain)  # the branch lines are drawn
 
 
 @pytest.mark.slow

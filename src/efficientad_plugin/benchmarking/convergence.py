@@ -212,11 +212,13 @@ def _describe(datamodule: Any) -> str:  # noqa: ANN401
 
 
 def plot_curves(results_files: Sequence[str | Path], output: str | Path, metric: str = "image_AUROC",
-                x_axis: str = "minutes") -> Path:
+                x_axis: str = "minutes", branches: bool = False) -> Path:
     """``metric`` against training minutes or steps, one line per results file, references as horizontal lines.
 
     Minutes are each run's own wall clock, so they compare only runs made alike (same CPU kind, threads, load);
     steps compare recipes on any machine (time = steps x the machine's seconds per step, docs/performance.md).
+    ``branches`` adds, for runs that measured them, dashed lines of the local map alone, the global map alone and
+    the paper's average (raw maps, before anomalib's post-processing).
     """
     import matplotlib as mpl
 
@@ -244,6 +246,14 @@ def plot_curves(results_files: Sequence[str | Path], output: str | Path, metric:
         else:
             positions = [row["train_minutes"] if x_axis == "minutes" else row["step"] for row in rows]
             axis.plot(positions, values, marker="o", label=label)
+            branch_metric = metric.removeprefix("image_").removeprefix("pixel_")
+            level = metric[: len(metric) - len(branch_metric)]
+            for branch in ("local", "global", "paper") if branches else ():
+                name = f"{branch}_{level}{branch_metric}"
+                if all(name in row for row in rows):
+                    axis.plot(positions, [row[name] for row in rows], linestyle="--", marker=".",
+                              label=f"{label}: {branch} map (raw)" if branch != "paper" else
+                              f"{label}: paper's 0.5/0.5 average (raw)")
             for position, row in zip(positions, rows, strict=True):
                 axis.annotate(str(row["step"]) if x_axis == "minutes" else f"{row['train_minutes']:.0f} min",
                               (position, row[metric]), fontsize=7, xytext=(3, 3), textcoords="offset points")
@@ -251,10 +261,11 @@ def plot_curves(results_files: Sequence[str | Path], output: str | Path, metric:
                     else "training steps (batch 1)")
     axis.set_ylabel(metric)
     axis.grid(alpha=0.3)
-    axis.legend(fontsize=8)
+    # below the axes: with the branch lines the legend would cover the curves
+    axis.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=1, frameon=False)
     figure.tight_layout()
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(output, dpi=120)
+    figure.savefig(output, dpi=120, bbox_inches="tight")
     plt.close(figure)
     return output

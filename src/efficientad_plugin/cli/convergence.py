@@ -66,7 +66,8 @@ def reference(model: AnomalibModule, data: AnomalibDataModule, output: Path, rec
     return reference_run(model, data, output, recipe, accelerator=accelerator)
 
 
-def plot(results: str | list[str], output: Path, metric: str = "image_AUROC", x_axis: str = "minutes") -> str:
+def plot(results: str | list[str], output: Path, metric: str = "image_AUROC", x_axis: str = "minutes",
+         branches: bool = False) -> str:
     """Plot curves from results files.
 
     Args:
@@ -74,13 +75,14 @@ def plot(results: str | list[str], output: Path, metric: str = "image_AUROC", x_
         output: the PNG to write.
         metric: image_AUROC, pixel_AUROC, pixel_AUPRO, image_F1Score or pixel_F1Score.
         x_axis: minutes (each run's wall clock) or steps (comparable across machines).
+        branches: also a line per branch (local, global, the paper's average) where a run measured them.
     """
     patterns = [results] if isinstance(results, str) else results
     files = sorted({path for pattern in patterns for path in glob.glob(pattern)})
     if not files:
         msg = f"No results files match {results}."
         raise FileNotFoundError(msg)
-    return str(plot_curves(files, output, metric, x_axis))
+    return str(plot_curves(files, output, metric, x_axis, branches))
 
 
 def main(argv: list[str] | None = None) -> object:
