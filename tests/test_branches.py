@@ -10,6 +10,7 @@ from efficientad_plugin.anomaly_map import PAPER_BRANCH_WEIGHTS
 from efficientad_plugin.branches import (
     AUTOENCODER_LEARNT,
     MARGIN,
+    MIN_VALIDATION_IMAGES,
     BranchChoice,
     BranchMetrics,
     branch_scores,
@@ -61,6 +62,13 @@ def test_the_global_map_gets_weight_only_beyond_the_margin() -> None:
     assert choice.weights == (0.5, 0.5) and "global map adds" in choice.reason
     global_within = {"local": 0.80, "global": 0.80 + MARGIN, "paper": 0.75}
     assert choose_branch_weights("auto", (0.3, 0.2), global_within).weights == (1.0, 0.0)
+
+
+def test_auto_keeps_the_average_when_too_few_normal_images_judge_it() -> None:
+    choice = choose_branch_weights("auto", (0.3, 0.2), NOISY_GLOBAL, normal_images=MIN_VALIDATION_IMAGES - 1)
+    assert choice.weights == (0.5, 0.5) and "hold out more normal images" in choice.reason
+    assert choose_branch_weights("auto", (0.3, 0.2), NOISY_GLOBAL, normal_images=MIN_VALIDATION_IMAGES).weights == (
+        1.0, 0.0)
 
 
 def test_auto_without_synthetic_scores_keeps_the_average() -> None:

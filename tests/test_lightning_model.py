@@ -331,7 +331,8 @@ def test_auto_branch_weights_are_chosen_logged_saved_and_tested_per_branch(
     assert choice is not None and choice.rule == "auto"
     assert set(choice.synthetic_auroc) == {"local", "global", "paper"}
     student, autoencoder = choice.explained_variance
-    assert autoencoder < 0.5  # one step: the autoencoder has not learnt, so the synthetic scores decided
+    assert autoencoder < 0.5  # one step: the autoencoder has not learnt...
+    assert choice.weights == (0.5, 0.5) and "only 2 normal validation images" in choice.reason  # ...but 2 are too few
     assert tuple(model.model.anomaly_map_generator.branch_weights.tolist()) == choice.weights
     assert "Branch weights (local, global)" in caplog.text and "Explained variance" in caplog.text
     saved = torch.load(next(tmp_path.rglob("model.ckpt")), map_location="cpu", weights_only=True)

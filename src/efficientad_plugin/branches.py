@@ -40,6 +40,10 @@ AUTOENCODER_LEARNT = 0.5
 # ordered the other way, inside what another seed of the synthetic anomalies moves; a smaller gap is a tie.
 MARGIN = 0.01
 CANDIDATES: dict[str, tuple[float, float]] = {"paper": PAPER_BRANCH_WEIGHTS, "local": (1.0, 0.0), "global": (0.0, 1.0)}
+# Fewest normal validation images from which synthetic scores may decide: with n normal and n synthetic images one
+# swapped pair moves the AUROC by 1/n^2, and on 2 images a float-rounding difference after a resume flipped the
+# choice; below this the paper's average holds.
+MIN_VALIDATION_IMAGES = 10
 SYNTHETIC_SEED = 20_240_127  # the synthetic anomalies are the same for every fit of the same validation images
 
 
@@ -76,11 +80,12 @@ def check_branch_weights(rule: str) -> str:
 
 
 def choose_branch_weights(rule: str, explained_variance: tuple[float, float] | None,
-                          synthetic_auroc: Mapping[str, float] | None) -> BranchChoice:
+                          synthetic_auroc: Mapping[str, float] | None,
+                          normal_images: int | None = None) -> BranchChoice:
     """The weights ``rule`` gives a model whose branches measured ``explained_variance`` and ``synthetic_auroc``.
 
     ``explained_variance`` is (student, autoencoder); ``synthetic_auroc`` maps ``local``, ``global`` and ``paper``
-    to the image AUROC on normal validation images against synthetic anomalies made from them.
+    to the image AUROC on ``normal_images`` normal validation images against synthetic anomalies made from them.
     """
     check_branch_weights(rule)
     synthetic = None if synthetic_auroc is None else {name: float(synthetic_auroc[name]) for name in CANDIDATES}
@@ -95,6 +100,11 @@ def choose_branch_weights(rule: str, explained_variance: tuple[float, float] | N
     if synthetic is None:
         return BranchChoice(weights=PAPER_BRANCH_WEIGHTS,
                             reason="no synthetic anomalies could be scored, so the paper's average holds", **choice)
+    if normal_images is not None and normal_images < MIN_VALIDATION_IMAGES:
+        return BranchChoice(weights=PAPER_BRANCH_WEIGHTS, reason=(
+            f"only {normal_images} normal validation images, fewer than the {MIN_VALIDATION_IMAGES} needed to judge "
+            f"the maps on synthetic anomalies, so the paper's average holds (hold out more normal images)"),
+            **choice)
     learnt = "" if explained_variance is None else (
         f"the autoencoder explains only {explained_variance[1]:.2f} < {AUTOENCODER_LEARNT} of the teacher "
         f"features' variance; ")

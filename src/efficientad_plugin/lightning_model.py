@@ -376,7 +376,8 @@ class EfficientAdPlugin(AnomalibModule):
             anomalous = branch_scores(*generator.normalised(torch.cat(maps["synthetic_st"]),
                                                             torch.cat(maps["synthetic_ae"])))
             synthetic = image_aurocs(normal, anomalous)
-        self.branch_choice = choose_branch_weights(self.branch_weights, (student, autoencoder), synthetic)
+        self.branch_choice = choose_branch_weights(self.branch_weights, (student, autoencoder), synthetic,
+                                                   normal_images=len(torch.cat(maps["learnt"])))
         generator.set_branch_weights(*self.branch_choice.weights)
         logger.info("Explained variance of the normalised teacher features on %d normal validation images: "
                     "student %.3f, autoencoder %.3f", len(torch.cat(maps["learnt"])), student, autoencoder)
