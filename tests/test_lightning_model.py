@@ -345,16 +345,18 @@ def test_auto_branch_weights_are_chosen_logged_saved_and_tested_per_branch(
 
 
 def test_checkpoint_from_before_branch_weights_loads_with_the_paper_average(
-        synthetic_root: Path, tmp_path: Path) -> None:
-    model = EfficientAdPlugin(teacher_weights="untrained", penalty_dir=None, max_steps=1, evaluator=False,
-                              visualizer=False)
-    _engine(tmp_path / "fit").fit(model, _datamodule(synthetic_root))
-    state = torch.load(next((tmp_path / "fit").rglob("model.ckpt")), map_location="cpu", weights_only=False)
+        trained_checkpoint: tuple[Path, Path], tmp_path: Path) -> None:
+    category, checkpoint = trained_checkpoint
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
     del state["state_dict"]["model.anomaly_map_generator.branch_weights"]
     state.pop("branch_choice", None)
     old = tmp_path / "old.ckpt"
     torch.save(state, old)
     restored = EfficientAdPlugin(teacher_weights="untrained", penalty_dir=None, evaluator=False, visualizer=False)
     restored.model.anomaly_map_generator.set_branch_weights(1.0, 0.0)  # must be overwritten by the load
-    _engine(tmp_path / "test").test(restored, _datamodule(synthetic_root), ckpt_path=old)
+    restored.branch_choice = "stale"  # a reused model object: the old checkpoint has no choice
+    datamodule = MVTecAD(root=category.parent, category=category.name, train_batch_size=1, eval_batch_size=4,
+                         num_workers=0, val_split_mode="from_train", val_split_ratio=0.2, seed=0)
+    _engine(tmp_path).test(restored, datamodule, ckpt_path=old)
     assert restored.model.anomaly_map_generator.branch_weights.tolist() == [0.5, 0.5]
+    assert restored.branch_choice is None
