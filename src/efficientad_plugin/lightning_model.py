@@ -368,19 +368,20 @@ class EfficientAdPlugin(AnomalibModule):
         if not maps["st"]:
             raise ValueError(_NO_VALIDATION_IMAGES)
         generator = self.model.anomaly_map_generator
-        generator.fit(torch.cat(maps["st"]), torch.cat(maps["ae"]))
-        student, autoencoder = (float(value) for value in torch.cat(maps["learnt"]).mean(dim=0))
+        st_maps, ae_maps, learnt = torch.cat(maps["st"]), torch.cat(maps["ae"]), torch.cat(maps["learnt"])
+        generator.fit(st_maps, ae_maps)
+        student, autoencoder = (float(value) for value in learnt.mean(dim=0))
         synthetic = None
         if maps["synthetic_st"]:
-            normal = branch_scores(*generator.normalised(torch.cat(maps["st"]), torch.cat(maps["ae"])))
+            normal = branch_scores(*generator.normalised(st_maps, ae_maps))
             anomalous = branch_scores(*generator.normalised(torch.cat(maps["synthetic_st"]),
                                                             torch.cat(maps["synthetic_ae"])))
             synthetic = image_aurocs(normal, anomalous)
         self.branch_choice = choose_branch_weights(self.branch_weights, (student, autoencoder), synthetic,
-                                                   normal_images=len(torch.cat(maps["learnt"])))
+                                                   normal_images=len(learnt))
         generator.set_branch_weights(*self.branch_choice.weights)
         logger.info("Explained variance of the normalised teacher features on %d normal validation images: "
-                    "student %.3f, autoencoder %.3f", len(torch.cat(maps["learnt"])), student, autoencoder)
+                    "student %.3f, autoencoder %.3f", len(learnt), student, autoencoder)
         logger.info("Branch weights (local, global) = (%g, %g): %s", *self.branch_choice.weights,
                     self.branch_choice.reason)
 
