@@ -150,3 +150,18 @@ def test_quantiles_are_state_dict_buffers() -> None:
     assert restored.st_quantiles.tolist() == [1.0, 2.0]
     assert restored.ae_quantiles.tolist() == [3.0, 4.0]
     assert list(module.parameters()) == []  # not trainable
+
+
+def test_native_maps_on_two_grids_meet_at_the_images_size_and_equal_the_default_on_one_grid() -> None:
+    default, native = _fitted(st=(0.0, 1.0), ae=(0.0, 2.0)), _fitted(st=(0.0, 1.0), ae=(0.0, 2.0))
+    native.native = True
+    st, ae = torch.rand(2, 1, 56, 72), torch.rand(2, 1, 56, 72)
+    assert torch.allclose(native(st, ae, (256, 320)), default(st, ae, (256, 320)), atol=1e-6)
+    local = torch.zeros(1, 1, 152, 152)  # a 640 x 640 image's local map
+    local[..., 76, 76] = 1.0
+    combined = native(local, torch.zeros(1, 1, 56, 56), (640, 640))  # the global map from the 256-px view
+    assert combined.shape == (1, 1, 640, 640)
+    peak = torch.nonzero(combined[0, 0] == combined.max())[0]
+    assert abs(int(peak[0]) - 4 * (76 + 4.5)) <= 1  # the local hot spot lands where it is on the image
+    # paper weights: half of the normalised (x 0.1) local map; the global map (at q_a everywhere) adds nothing
+    assert torch.allclose(combined, 0.5 * native._to_image(0.1 * local, (640, 640)))

@@ -120,3 +120,18 @@ def test_generator_makes_the_draw_independent_of_the_global_rng(image: torch.Ten
     outputs = {tuple(random_color_adjustment(image, torch.Generator().manual_seed(seed))[0, 0, 0, :2].tolist())
                for seed in range(6)}
     assert len(outputs) > 1
+
+
+def test_random_crop_is_a_window_of_the_image_drawn_from_the_generator() -> None:
+    from efficientad_plugin.augmentation import random_crop
+
+    images = torch.arange(2 * 3 * 300 * 280, dtype=torch.float32).view(2, 3, 300, 280)
+    crops = [random_crop(images, (256, 256), torch.Generator().manual_seed(seed)) for seed in range(20)]
+    assert all(crop.shape == (2, 3, 256, 256) for crop in crops)
+    corners = {(int(crop[0, 0, 0, 0]) // 280, int(crop[0, 0, 0, 0]) % 280) for crop in crops}
+    assert len(corners) > 5 and all(0 <= top <= 44 and 0 <= left <= 24 for top, left in corners)
+    top, left = next(iter(corners))
+    again = [c for c in crops if (int(c[0, 0, 0, 0]) // 280, int(c[0, 0, 0, 0]) % 280) == (top, left)][0]
+    assert torch.equal(again, images[..., top : top + 256, left : left + 256])  # the same window on every image
+    repeat = random_crop(images, (256, 256), torch.Generator().manual_seed(3))
+    assert torch.equal(repeat, crops[3])  # the seed decides, not the global generator

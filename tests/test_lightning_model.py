@@ -33,7 +33,8 @@ def _engine(tmp_path: Path) -> Engine:
     [({"image_size": 224}, "256"), ({"image_size": (256, 255)}, "256"), ({"model_size": "large"}, "small"),
      ({"max_steps": 0}, "max_steps"), ({"teacher_cache_mib": -1}, "teacher_cache_mib"),
      ({"lr_schedule": "cosine"}, "lr_schedule"), ({"warmup_fraction": 0.0}, "warmup_fraction"),
-     ({"branch_weights": "mean"}, "branch_weights")],
+     ({"branch_weights": "mean"}, "branch_weights"), ({"local_size": "full"}, "local_size"),
+     ({"local_size": (640, 200)}, "at least image_size"), ({"max_image_megapixels": 0}, "max_image_megapixels")],
 )
 def test_bad_arguments_fail_at_construction(arguments: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
@@ -360,3 +361,23 @@ def test_checkpoint_from_before_branch_weights_loads_with_the_paper_average(
     _engine(tmp_path).test(restored, datamodule, ckpt_path=old)
     assert restored.model.anomaly_map_generator.branch_weights.tolist() == [0.5, 0.5]
     assert restored.branch_choice is None
+
+
+def test_native_mode_pre_processor_and_model() -> None:
+    native = EfficientAdPlugin(teacher_weights="untrained", local_size="native")
+    assert native.pre_processor.transform is None and native.model.native  # each image at its own size
+    sized = EfficientAdPlugin(teacher_weights="untrained", local_size=640)
+    assert sized.local_size == (640, 640) and sized.pre_processor.transform(torch.rand(1, 3, 512, 700)).shape == (
+        1, 3, 640, 640)
+    default = EfficientAdPlugin(teacher_weights="untrained")
+    assert default.local_size is None and not default.model.native and not default.model.anomaly_map_generator.native
+
+
+def test_native_mode_refuses_an_image_smaller_than_the_crop_naming_it(tmp_path: Path) -> None:
+    from efficientad_plugin.data import generate_mvtec_dataset
+
+    root = generate_mvtec_dataset(tmp_path / "data", image_size=(256, 240), num_train=4, num_test_good=1,
+                                  num_test_defect=1).parent
+    model = EfficientAdPlugin(teacher_weights="untrained", max_steps=1, local_size="native", penalty_dir=None)
+    with pytest.raises(ValueError, match=r"train/good/\S+ is 256x240 px at the local branch, smaller than image_size"):
+        _engine(tmp_path).fit(model, _datamodule(root, val_split_ratio=0.5))

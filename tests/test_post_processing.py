@@ -113,3 +113,41 @@ def test_the_rate_is_set_through_anomalibs_cli_as_the_readme_shows(tmp_path: Pat
 
     default = EfficientAdPlugin(teacher_weights="untrained").post_processor
     assert isinstance(default, FalseAlarmRatePostProcessor) and default.false_alarm_rate == 0.01
+
+
+def test_keep_order_keeps_the_order_above_the_range_and_changes_nothing_below_the_knee() -> None:
+    from anomalib.post_processing import PostProcessor
+
+    from efficientad_plugin.post_processing import KNEE
+
+    batches, _ = _normal_batches()
+    kept, clamped = FalseAlarmRatePostProcessor(), FalseAlarmRatePostProcessor(keep_order=False)
+    _validate(kept, batches)
+    _validate(clamped, batches)
+    scores = torch.tensor([180.0, 198.0, 250.0, 300.0, 600.0, 1000.0, 5000.0])  # normal range 1..200
+    ordered = kept(InferenceBatch(pred_score=scores)).pred_score
+    anomalib = clamped(InferenceBatch(pred_score=scores)).pred_score
+    assert torch.equal(anomalib, PostProcessor._normalize(scores, clamped.image_min, clamped.image_max,
+                                                          clamped.image_threshold))  # keep_order=False: anomalib's
+    assert torch.equal(anomalib[-3:], torch.ones(3))  # anomalib ties the three highest at 1
+    assert bool((ordered[1:] > ordered[:-1]).all()) and float(ordered.max()) < 1 and float(ordered.min()) >= 0
+    below = anomalib <= KNEE
+    assert torch.equal(ordered[below], anomalib[below])
+    assert torch.equal(kept(InferenceBatch(pred_score=scores)).pred_label,
+                       clamped(InferenceBatch(pred_score=scores)).pred_label)
+    # the maps too: pixels far above the normal pixels keep their order
+    maps = torch.tensor([0.3, 0.5, 0.9]).view(-1, 1, 1).expand(-1, 2, 2)
+    pixels = kept(InferenceBatch(pred_score=scores[:3], anomaly_map=maps)).anomaly_map[:, 0, 0]
+    assert bool((pixels[1:] > pixels[:-1]).all()) and float(pixels.max()) < 1
+
+
+def test_keep_order_travels_in_the_checkpoint_and_an_older_checkpoint_takes_the_argument() -> None:
+    saved = FalseAlarmRatePostProcessor(keep_order=False).checkpoint_config()
+    restored = FalseAlarmRatePostProcessor()
+    restored.load_checkpoint_config(saved)
+    assert restored.keep_order is False
+    older = {key: value for key, value in saved.items() if key != "keep_order"}
+    for keep_order in (True, False):
+        restored = FalseAlarmRatePostProcessor(keep_order=keep_order)
+        restored.load_checkpoint_config(older)
+        assert restored.keep_order is keep_order

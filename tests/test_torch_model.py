@@ -338,3 +338,27 @@ def test_teacher_statistics_stay_fp32_under_mixed_precision() -> None:
     assert mixed.teacher_mean.dtype == mixed.teacher_std.dtype == torch.float32
     assert torch.equal(mixed.teacher_mean, reference.teacher_mean)
     assert torch.equal(mixed.teacher_std, reference.teacher_std)
+
+
+def test_native_mode_scores_the_image_at_its_size_and_the_global_branch_at_image_size() -> None:
+    torch.manual_seed(0)
+    native = EfficientAdPluginModel("small", (256, 256), native=True).eval()
+    native.teacher_mean.zero_()
+    native.teacher_std.fill_(1.0)
+    image = torch.rand(1, 3, 330, 290)
+    with torch.no_grad():
+        st_map, ae_map, learnt = native.maps_and_learning(image)
+        assert tuple(st_map.shape[-2:]) == pdn_output_size((330, 290))  # the image as it is
+        assert tuple(ae_map.shape[-2:]) == pdn_output_size((256, 256))  # the 256-px view
+        view = native.resized(image)
+        expected_ae = (native.autoencoder(native._imagenet_normalise(view))
+                       - native.student(native._imagenet_normalise(view))[:, 384:]).pow(2).mean(1, keepdim=True)
+        assert torch.allclose(ae_map, expected_ae, atol=1e-6)
+        assert learnt.shape == (1, 2)
+        native.anomaly_map_generator.fit(st_map.flatten(), ae_map.flatten())
+        assert native(image).anomaly_map.shape == (1, 1, 330, 290)
+        # on images of image_size the native model is the default one
+        default = EfficientAdPluginModel("small", (256, 256)).eval()
+        default.load_state_dict(native.state_dict())
+        images = torch.rand(2, 3, 256, 256)
+        assert torch.allclose(native(images).anomaly_map, default(images).anomaly_map, atol=1e-6)

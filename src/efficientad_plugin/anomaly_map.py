@@ -33,10 +33,14 @@ class AnomalyMapGenerator(nn.Module):
     The quantiles and the branch weights are buffers: fitted once after training, saved in checkpoints and
     constants in exports. The quantiles start as NaN so that an unfitted model cannot pass for a fitted one; the
     weights start as the paper's 0.5 / 0.5 (``branch_weights`` in ``lightning_model`` may change them).
+    With ``native`` the two maps come on different grids (the local one from the image at its own size, the global
+    one from the image at ``image_size``): each is upsampled to the image's size before they are combined, which
+    for maps on one grid gives the same map as combining first (padding and bilinear upsampling are linear).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, native: bool = False) -> None:
         super().__init__()
+        self.native = native
         self.register_buffer("st_quantiles", torch.full((2,), torch.nan))
         self.register_buffer("ae_quantiles", torch.full((2,), torch.nan))
         self.register_buffer("branch_weights", torch.tensor(PAPER_BRANCH_WEIGHTS))
@@ -87,6 +91,9 @@ class AnomalyMapGenerator(nn.Module):
     def forward(self, st_map: torch.Tensor, ae_map: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:
         """Combine raw branch maps ``[B, 1, h, w]`` into the anomaly map ``[B, 1, H, W]``."""
         local, global_ = self.normalised(st_map, ae_map)
+        if self.native:
+            local, global_ = self._to_image(local, image_size), self._to_image(global_, image_size)
+            return self.branch_weights[0] * local + self.branch_weights[1] * global_
         return self._to_image(self.branch_weights[0] * local + self.branch_weights[1] * global_, image_size)
 
 

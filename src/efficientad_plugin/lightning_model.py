@@ -19,8 +19,8 @@ from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torch.utils.data import DataLoader
 from torchvision.transforms.v2 import Compose, Resize
 
-from .anomaly_map import add_missing_branch_weights
-from .augmentation import random_color_adjustment
+from .anomaly_map import MAP_PADDING, add_missing_branch_weights
+from .augmentation import random_color_adjustment, random_crop
 from .autoencoder import check_image_size
 from .branches import (
     SYNTHETIC_SEED,
@@ -61,6 +61,26 @@ _NO_VALIDATION_IMAGES = (
     "Set --data.val_split_mode from_train (the paper holds out 10 % of the training images)."
 )
 LR_SCHEDULES = ("paper", "one_cycle")
+NATIVE = "native"
+# Peak memory of scoring one megapixel in native mode, fp32 on CPU (efficientad-bench-inference --sizes measures it)
+MIB_PER_MEGAPIXEL = 1500.0
+
+
+def check_local_size(local_size: str | int | tuple[int, int] | list[int] | None,
+                     image_size: tuple[int, int]) -> str | tuple[int, int] | None:
+    """``local_size`` as ``None``, ``"native"`` or ``(height, width)``, refused (naming it) when it cannot hold one
+    ``image_size`` crop."""
+    if local_size is None or local_size == NATIVE:
+        return local_size
+    if isinstance(local_size, str):
+        msg = f"local_size must be None (off), {NATIVE!r} or (height, width); got {local_size!r}."
+        raise ValueError(msg)
+    size = (local_size, local_size) if isinstance(local_size, int) else tuple(int(side) for side in local_size)
+    if len(size) != 2 or size[0] < image_size[0] or size[1] < image_size[1]:
+        msg = (f"local_size {local_size!r} must be (height, width) at least image_size {image_size}: the student "
+               f"trains on image_size crops of the image at local_size. Lower image_size or raise local_size.")
+        raise ValueError(msg)
+    return size  # type: ignore[return-value]
 
 
 class EfficientAdPlugin(AnomalibModule):
@@ -90,6 +110,13 @@ class EfficientAdPlugin(AnomalibModule):
             validation images only (``branches``): the paper's average once the autoencoder has learnt; before that
             the local map alone, unless the average (or the global map alone) separates synthetic anomalies better
             by more than 0.01. The weights are logged, saved in the checkpoint and exported.
+        local_size: native-resolution mode for small defects; ``None`` (default) is off: every image is resized to
+            ``image_size`` as anomalib does. ``"native"``: the local (student-teacher) branch scores each image at
+            its own size; ``(height, width)``: at that size. The student trains on random ``image_size`` crops of it,
+            the global (autoencoder) branch sees the whole image resized to ``image_size``, and the anomaly map
+            comes at the local branch's size. Images of different sizes need ``eval_batch_size`` 1.
+        max_image_megapixels: refuse (naming the image) to score an image larger than this in native mode, before
+            it can exhaust memory: scoring needs about ``MIB_PER_MEGAPIXEL`` MiB per megapixel in fp32.
         pre_processor, post_processor, evaluator, visualizer: anomalib components, or ``True`` for the defaults.
     """
 
@@ -107,6 +134,8 @@ class EfficientAdPlugin(AnomalibModule):
         checkpoint_every_n_steps: int = 5_000,
         teacher_cache_mib: float = 1024,
         branch_weights: str = "auto",
+        local_size: str | tuple[int, int] | None = None,
+        max_image_megapixels: float = 16.0,
         pre_processor: PreProcessor | bool = True,
         post_processor: torch.nn.Module | bool = True,
         evaluator: Any = True,  # noqa: ANN401 (anomalib's Evaluator | bool)
@@ -125,9 +154,13 @@ class EfficientAdPlugin(AnomalibModule):
             msg = f"teacher_cache_mib must be 0 (no cache) or a positive number of MiB, got {teacher_cache_mib}."
             raise ValueError(msg)
         check_branch_weights(branch_weights)
+        local_size = check_local_size(local_size, image_size)
+        if max_image_megapixels <= 0:
+            msg = f"max_image_megapixels must be positive, got {max_image_megapixels}."
+            raise ValueError(msg)
         step_checkpoint = StepCheckpoint(checkpoint_every_n_steps)
         if pre_processor is True:
-            pre_processor = self.configure_pre_processor(image_size)
+            pre_processor = self.configure_pre_processor(image_size, local_size)
         super().__init__(
             pre_processor=pre_processor,
             post_processor=post_processor,
@@ -150,7 +183,9 @@ class EfficientAdPlugin(AnomalibModule):
         self.branch_weights = branch_weights
         self.branch_choice: BranchChoice | None = None  # set when the map normalisation is fitted
         self.branch_metrics: BranchMetrics | None = None  # while testing
-        self.model = EfficientAdPluginModel(model_size, image_size)
+        self.local_size = local_size
+        self.max_image_megapixels = max_image_megapixels
+        self.model = EfficientAdPluginModel(model_size, image_size, native=local_size is not None)
         self.loss = EfficientAdLoss()
         self.penalty_images: PenaltyImages | None = None
 
@@ -159,9 +194,13 @@ class EfficientAdPlugin(AnomalibModule):
         return [*super().configure_callbacks(), self.step_checkpoint, ResumableDataOrder(), NonFiniteLossGuard()]
 
     @classmethod
-    def configure_pre_processor(cls, image_size: tuple[int, int] | None = None) -> PreProcessor:
-        """Resize only: the ImageNet normalisation is part of the model."""
-        return PreProcessor(transform=Compose([Resize(image_size or (256, 256), antialias=True)]))
+    def configure_pre_processor(cls, image_size: tuple[int, int] | None = None,
+                                local_size: str | tuple[int, int] | None = None) -> PreProcessor:
+        """Resize only (to ``local_size`` in native mode; none with ``"native"``): the ImageNet normalisation and
+        the global branch's resize are part of the model."""
+        if local_size == NATIVE:
+            return PreProcessor(transform=None)
+        return PreProcessor(transform=Compose([Resize(local_size or image_size or (256, 256), antialias=True)]))
 
     def configure_post_processor(self) -> FalseAlarmRatePostProcessor:
         """anomalib's post-processor, with thresholds at a 1 % false-alarm rate when validation has no defects."""
@@ -226,13 +265,32 @@ class EfficientAdPlugin(AnomalibModule):
         """Batch images at the model's size, checked, on the model's device."""
         transform = getattr(self.pre_processor, "transform", None)
         images = transform(batch.image) if transform is not None else batch.image
-        if tuple(images.shape[-2:]) != self.image_size:
+        if self.local_size is not None:
+            self._check_native_size(images, batch)
+        elif tuple(images.shape[-2:]) != self.image_size:
             msg = (
                 f"Images reach the model at {tuple(images.shape[-2:])} but image_size is {self.image_size}: "
                 f"the pre_processor must resize to image_size."
             )
             raise ValueError(msg)
         return images.to(self.device)
+
+    def _check_native_size(self, images: torch.Tensor, batch: Batch) -> None:
+        """Native mode: every image holds an ``image_size`` crop and fits ``max_image_megapixels``."""
+        height, width = images.shape[-2:]
+        path = (getattr(batch, "image_path", None) or ["<an image without a path>"])[0]
+        if height < self.image_size[0] or width < self.image_size[1]:
+            msg = (f"{path} is {height}x{width} px at the local branch, smaller than image_size {self.image_size} "
+                   f"(the training crop and the global branch's view). Lower image_size, or set local_size to a "
+                   f"size of at least image_size.")
+            raise ValueError(msg)
+        megapixels = len(images) * height * width / 1e6
+        if megapixels > self.max_image_megapixels:
+            msg = (f"{path} (batch of {len(images)}) is {height}x{width} px = {megapixels:.1f} megapixels, above "
+                   f"max_image_megapixels {self.max_image_megapixels:g} (about {MIB_PER_MEGAPIXEL:g} MiB each in "
+                   f"fp32, {megapixels * MIB_PER_MEGAPIXEL:.0f} MiB here). Score it at a smaller local_size, with "
+                   f"eval_batch_size 1, or raise max_image_megapixels if the memory is there.")
+            raise ValueError(msg)
 
     def on_fit_start(self) -> None:
         """Check before any training work: bf16 only where native, every file decodes, validation fits the maps."""
@@ -312,7 +370,8 @@ class EfficientAdPlugin(AnomalibModule):
 
     def _new_teacher_cache(self) -> TeacherCache | None:
         """A cache for this run's teacher outputs, or ``None``, with a log line saying why, when none can be used."""
-        reason = "teacher_cache_mib is 0" if self.teacher_cache_mib == 0 else uncacheable_reason(
+        reason = "teacher_cache_mib is 0" if self.teacher_cache_mib == 0 else (
+            "native mode trains on random crops" if self.local_size is not None else None) or uncacheable_reason(
             getattr(self.trainer.train_dataloader, "dataset", None), self.pre_processor)
         if reason:
             logger.info("Teacher cache off: %s; the teacher runs on every training image at every step.", reason)
@@ -331,12 +390,16 @@ class EfficientAdPlugin(AnomalibModule):
         penalty = None
         if self.penalty_images is not None:
             penalty = self.penalty_images.sample(self.global_step, torch.initial_seed()).to(batch.image)
-        augmented = random_color_adjustment(batch.image, step_generator(torch.initial_seed(), self.global_step,
-                                                                        AUGMENTATION_STREAM))
+        generator = step_generator(torch.initial_seed(), self.global_step, AUGMENTATION_STREAM)
+        images = batch.image
+        if self.local_size is not None:  # native mode: the student-teacher loss on a crop, the rest on the whole
+            self._check_native_size(images, batch)
+            images, whole = random_crop(images, self.image_size, generator), self.model.resized(images)
+        augmented = random_color_adjustment(whole if self.local_size is not None else images, generator)
         teacher = None
         if self.teacher_cache is not None:
             teacher = self.teacher_cache.lookup(batch.image_path, lambda: self.model.teacher_features(batch.image))
-        features = self.model.training_features(batch.image, augmented, penalty, teacher)
+        features = self.model.training_features(images, augmented, penalty, teacher)
         losses = self.loss(features)
         self.log_dict({f"train_{name}": value for name, value in losses.items()}, on_step=True, prog_bar=True)
         return losses["loss"]
@@ -368,14 +431,14 @@ class EfficientAdPlugin(AnomalibModule):
         if not maps["st"]:
             raise ValueError(_NO_VALIDATION_IMAGES)
         generator = self.model.anomaly_map_generator
-        st_maps, ae_maps, learnt = torch.cat(maps["st"]), torch.cat(maps["ae"]), torch.cat(maps["learnt"])
-        generator.fit(st_maps, ae_maps)
+        # flattened: in native mode the validation images (and so their maps) may differ in size
+        generator.fit(*(torch.cat([part.flatten() for part in maps[key]]) for key in ("st", "ae")))
+        learnt = torch.cat(maps["learnt"])
         student, autoencoder = (float(value) for value in learnt.mean(dim=0))
         synthetic = None
         if maps["synthetic_st"]:
-            normal = branch_scores(*generator.normalised(st_maps, ae_maps))
-            anomalous = branch_scores(*generator.normalised(torch.cat(maps["synthetic_st"]),
-                                                            torch.cat(maps["synthetic_ae"])))
+            normal, anomalous = (self._branch_scores(maps[st], maps[ae]) for st, ae in
+                                 (("st", "ae"), ("synthetic_st", "synthetic_ae")))
             synthetic = image_aurocs(normal, anomalous)
         self.branch_choice = choose_branch_weights(self.branch_weights, (student, autoencoder), synthetic,
                                                    normal_images=len(learnt))
@@ -384,6 +447,18 @@ class EfficientAdPlugin(AnomalibModule):
                     "student %.3f, autoencoder %.3f", len(learnt), student, autoencoder)
         logger.info("Branch weights (local, global) = (%g, %g): %s", *self.branch_choice.weights,
                     self.branch_choice.reason)
+
+    def _branch_scores(self, st_maps: list[torch.Tensor], ae_maps: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``branch_scores`` of raw maps batch by batch; in native mode on the image's grid, where the two branches
+        meet (their own grids differ)."""
+        generator, parts = self.model.anomaly_map_generator, []
+        for st_map, ae_map in zip(st_maps, ae_maps, strict=True):
+            if self.model.native:
+                size = tuple(4 * (side + 2 * MAP_PADDING) for side in st_map.shape[-2:])
+                parts.append(branch_scores(*generator.branch_maps(st_map, ae_map, size)))
+            else:
+                parts.append(branch_scores(*generator.normalised(st_map, ae_map)))
+        return {name: torch.cat([part[name] for part in parts]) for name in parts[0]}
 
     def on_validation_epoch_end(self) -> None:
         """Log what the networks have learnt and the branch weights (measured on normal validation images)."""
@@ -410,6 +485,8 @@ class EfficientAdPlugin(AnomalibModule):
         the same way, so their scores are on that scale.
         """
         del args, kwargs
+        if self.local_size is not None:
+            self._check_native_size(batch.image, batch)
         with self._full_precision():
             return batch.update(**self.model(batch.image)._asdict())
 
@@ -418,6 +495,8 @@ class EfficientAdPlugin(AnomalibModule):
     def test_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
         """As ``validation_step``, and each branch alone and the paper's average measured against the labels."""
         del args, kwargs
+        if self.local_size is not None:
+            self._check_native_size(batch.image, batch)
         with self._full_precision():
             st_map, ae_map = self.model.raw_maps(batch.image)
             if self.branch_metrics is not None:
@@ -448,6 +527,17 @@ class EfficientAdPlugin(AnomalibModule):
     def to_onnx(self, *args, **kwargs) -> Path:
         """Export to ONNX (OpenVINO goes through here too); the maps' quantiles must be fitted."""
         self._require_fitted("export")
+        if len(args) > 2:  # (export_root, model_file_name, input_size, ...) as anomalib's to_openvino passes them
+            kwargs["input_size"], args = args[2], args[:2] + args[3:]
+        if self.local_size == NATIVE and kwargs.get("input_size") is None:
+            # anomalib traces a dynamic-size graph on a 32x32 example, too small for the local branch. Trace on one
+            # pixel more than image_size (at image_size exactly the global branch's resize is traced as a no-op and
+            # the graph specialises to that size); the graph takes any size, image_size included
+            height, width = self.image_size
+            kwargs["input_size"] = self.image_size
+            kwargs.setdefault("dynamic_shapes", ({0: torch.export.Dim("batch_size"),
+                                                  2: torch.export.Dim("height", min=height + 1),
+                                                  3: torch.export.Dim("width", min=width + 1)},))
         return super().to_onnx(*args, **kwargs)
 
     def to_openvino(self, *args, **kwargs) -> Path:
@@ -455,5 +545,7 @@ class EfficientAdPlugin(AnomalibModule):
         from .model_info import write_model_info
 
         height, width = self.image_size
-        return write_model_info(super().to_openvino(*args, **kwargs), model_name=type(self).__name__,
-                                image_size=f"{height} {width}")
+        extra = {"model_name": type(self).__name__, "image_size": f"{height} {width}"}
+        if self.local_size is not None:  # the graph scores each image at its own size (or resizes to local_size)
+            extra["local_size"] = self.local_size if self.local_size == NATIVE else " ".join(map(str, self.local_size))
+        return write_model_info(super().to_openvino(*args, **kwargs), **extra)

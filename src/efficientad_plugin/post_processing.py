@@ -6,6 +6,12 @@ normal validation score, so the false-alarm rate is whatever the number of valid
 validation scores and the pixel threshold the same quantile of the normal validation pixels. Everything else is
 anomalib's ``PostProcessor``: min-max normalisation with the threshold at 0.5, labels and masks, and the export,
 whose graph holds the thresholds.
+
+anomalib also clamps the normalised scores to [0, 1], so every part scoring more than half the normal range above
+the threshold reads 1.0: the order among them (which part to inspect first, and what AUROC measures) is lost, and a
+normal part far above the range ties with every defect. With ``keep_order`` (the default) the scores above
+``KNEE`` approach 1 along a smooth, strictly increasing tail instead; below it, the threshold at 0.5 and every label
+stay anomalib's. anomalib has no such option; this is the one place that adds it.
 """
 
 from __future__ import annotations
@@ -25,6 +31,13 @@ logger = logging.getLogger(__name__)
 THRESHOLD_MODES = ("auto", "false_alarm_rate", "f1")
 CONFIDENCE = 0.95
 MAX_PIXELS = 1 << 24  # normal validation pixels kept for the pixel quantile (evenly strided beyond this)
+KNEE = 0.75  # normalised scores up to here are anomalib's; above, the order-keeping tail
+
+
+def ordered_tail(linear: torch.Tensor, knee: float = KNEE) -> torch.Tensor:
+    """``1 - (1 - k)^2 / (1 - 2k + v)`` for ``v`` above ``k``: equal to ``v`` with slope 1 at ``k``, strictly
+    increasing, below 1 for every finite ``v`` (distinct in float32 up to ``v`` of about 1,000), 1 at infinity."""
+    return 1 - (1 - knee) ** 2 / (1 - 2 * knee + linear.clamp(min=knee))
 
 
 def false_alarm_interval(num_normal: int, rate: float, confidence: float = CONFIDENCE) -> tuple[float, float]:
@@ -65,6 +78,9 @@ class FalseAlarmRatePostProcessor(PostProcessor):
             (0, 1); 0.01 by default.
         threshold: ``"auto"`` uses the false-alarm rate when the validation split has no defective image and
             anomalib's F1-adaptive threshold when it has both kinds; ``"false_alarm_rate"`` or ``"f1"`` force one.
+        keep_order: normalised scores above ``KNEE`` follow ``ordered_tail`` instead of anomalib's clamp at 1, so
+            parts far above the normal range keep their order (labels unchanged); ``False`` is anomalib's
+            normalisation exactly. Stored in the checkpoint; one saved before this option takes the argument's.
         **kwargs: anomalib ``PostProcessor`` arguments (normalisation, sensitivity...).
 
     After validation, ``threshold_report`` holds the mode used, the thresholds, the number of normal images and
@@ -72,7 +88,8 @@ class FalseAlarmRatePostProcessor(PostProcessor):
     buffers, so the checkpoint keeps them.
     """
 
-    def __init__(self, false_alarm_rate: float = 0.01, threshold: str = "auto", **kwargs: Any) -> None:  # noqa: ANN401
+    def __init__(self, false_alarm_rate: float = 0.01, threshold: str = "auto", keep_order: bool = True,
+                 **kwargs: Any) -> None:  # noqa: ANN401
         if not 0 < false_alarm_rate < 1:
             msg = f"false_alarm_rate must be in (0, 1), e.g. 0.01 for 1 %; got {false_alarm_rate}."
             raise ValueError(msg)
@@ -82,6 +99,7 @@ class FalseAlarmRatePostProcessor(PostProcessor):
         super().__init__(**kwargs)
         self.false_alarm_rate = false_alarm_rate
         self.threshold = threshold
+        self.keep_order = keep_order
         self._normal_scores: list[torch.Tensor] = []
         self._normal_pixels: list[torch.Tensor] = []
         self._saw_defects = False
@@ -92,7 +110,18 @@ class FalseAlarmRatePostProcessor(PostProcessor):
 
     @property
     def _checkpoint_config_keys(self) -> tuple[str, ...]:
-        return (*super()._checkpoint_config_keys, "false_alarm_rate", "threshold")
+        return (*super()._checkpoint_config_keys, "false_alarm_rate", "threshold", "keep_order")
+
+    def _normalize(self, preds: torch.Tensor | None, norm_min: torch.Tensor, norm_max: torch.Tensor,
+                   threshold: torch.Tensor) -> torch.Tensor | None:
+        """anomalib's min-max normalisation; with ``keep_order``, the clamp at 1 becomes ``ordered_tail``."""
+        normalised = super()._normalize(preds, norm_min, norm_max, threshold)
+        if preds is None or not self.keep_order:
+            return normalised
+        threshold = torch.where(torch.isnan(threshold), (norm_max + norm_min) / 2, threshold)
+        linear = (preds - threshold) / (norm_max - norm_min) + 0.5  # inf where the range is 0: the tail gives 1
+        fitted = ~torch.isnan(norm_min) & ~torch.isnan(norm_max)
+        return torch.where(fitted & (normalised > KNEE), ordered_tail(linear), normalised)
 
     def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Start collecting the normal validation scores and pixels of this validation."""

@@ -8,6 +8,7 @@ from typing import NamedTuple
 import torch
 from anomalib.data import InferenceBatch
 from torch import nn
+from torch.nn import functional as F  # noqa: N812
 
 from .anomaly_map import AnomalyMapGenerator, channel_mean_squared_error
 from .autoencoder import AutoEncoder, check_image_size
@@ -37,16 +38,22 @@ class EfficientAdPluginModel(nn.Module):
 
     Inputs are RGB images in [0, 1] of ``image_size``; ImageNet normalisation happens here, once for all three
     networks. In eval mode ``forward`` is a pure tensor function (exportable) returning an ``InferenceBatch``.
+
+    With ``native`` the inputs may have any size of at least ``image_size``: the local (student-teacher) branch runs
+    on them as they are, the global (autoencoder) branch on them resized to ``image_size``, and each branch's map is
+    upsampled to the input's size before they are combined.
     """
 
-    def __init__(self, model_size: str = "small", image_size: tuple[int, int] = (256, 256)) -> None:
+    def __init__(self, model_size: str = "small", image_size: tuple[int, int] = (256, 256),
+                 native: bool = False) -> None:
         super().__init__()
         self.image_size = check_image_size(image_size)
+        self.native = native
         self.teacher = PatchDescriptionNetwork(model_size, TEACHER_CHANNELS)
         self.teacher.requires_grad_(False)
         self.student = PatchDescriptionNetwork(model_size, 2 * TEACHER_CHANNELS)
         self.autoencoder = AutoEncoder(self.image_size, TEACHER_CHANNELS)
-        self.anomaly_map_generator = AnomalyMapGenerator()
+        self.anomaly_map_generator = AnomalyMapGenerator(native)
         # on CPU, time the student's batched and per-image training passes once and use the faster (pdn.py); the
         # Lightning model turns it on for runs long enough to repay the seconds it costs
         self.measure_student_pass = False
@@ -77,14 +84,21 @@ class EfficientAdPluginModel(nn.Module):
         """Per-channel mean and std of the teacher over ``images`` (``statistics.channel_statistics``)."""
         device = self.teacher_mean.device
 
+        seen, finished = 0, False
+
         def teacher_outputs() -> Iterator[torch.Tensor]:
+            nonlocal seen, finished
             for batch in images:
+                seen += 1
                 with torch.autocast(device.type, enabled=False):  # fp32 statistics also in a mixed-precision run
                     yield self.teacher(self._imagenet_normalise(batch.to(device)))
+            finished = True
 
         try:
             mean, std = channel_statistics(teacher_outputs())
         except ValueError as error:
+            if seen or not finished:  # an error of the images themselves (e.g. too small), not an empty set
+                raise
             msg = "Cannot compute the teacher's channel statistics: the training set is empty."
             raise ValueError(msg) from error
         self.teacher_mean.copy_(mean.view_as(self.teacher_mean))
@@ -127,8 +141,18 @@ class EfficientAdPluginModel(nn.Module):
         st_map, ae_map, _ = self._maps(images, autoencoder_error=False)
         return st_map, ae_map
 
+    def resized(self, images: torch.Tensor) -> torch.Tensor:
+        """``images`` at ``image_size``, bilinear: the global branch's view in native mode.
+
+        Not antialiased, in training as in the export: OpenVINO computes an antialiased resize of a dynamic-size
+        input wrongly (up to 0.2 off on [0, 1] images here), which is also why anomalib exports its pre-processor's
+        ``Resize`` without antialiasing."""
+        return F.interpolate(images, size=self.image_size, mode="bilinear")
+
     def _maps(self, images: torch.Tensor,
               autoencoder_error: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        if self.native:
+            return self._native_maps(images, autoencoder_error)
         images = self._imagenet_normalise(images)
         teacher = self._teacher_features(images)
         student = self.student(images)
@@ -136,6 +160,21 @@ class EfficientAdPluginModel(nn.Module):
         st_map = channel_mean_squared_error(teacher, student[:, :TEACHER_CHANNELS])
         ae_map = channel_mean_squared_error(autoencoder, student[:, TEACHER_CHANNELS:])
         return st_map, ae_map, channel_mean_squared_error(teacher, autoencoder) if autoencoder_error else None
+
+    def _native_maps(self, images: torch.Tensor,
+                     autoencoder_error: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        # each student pass computes only the channels its branch uses: half of the last convolution on the large
+        # input is the autoencoder-mimicking half, which the local branch does not need
+        local = self._imagenet_normalise(images)
+        global_ = self._imagenet_normalise(self.resized(images))
+        student_local, student_global = self.student.partial_outputs(
+            [local, global_], [_TEACHER_MIMICKING, _AUTOENCODER_MIMICKING], batched=False)
+        autoencoder = self.autoencoder(global_)
+        st_map = channel_mean_squared_error(self._teacher_features(local), student_local)
+        ae_map = channel_mean_squared_error(autoencoder, student_global)
+        if not autoencoder_error:
+            return st_map, ae_map, None
+        return st_map, ae_map, channel_mean_squared_error(self._teacher_features(global_), autoencoder)
 
     def maps_and_learning(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``raw_maps`` and, per image, how much each network has learnt of the teacher: ``[B, 2]``.
