@@ -152,3 +152,23 @@ def test_folder_config_pairs_masks_by_stem(synthetic_root: Path, tmp_path: Path)
 def test_missing_source_is_refused(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="neither"):
         diagnose(tmp_path / "absent")
+
+
+@pytest.mark.parametrize(("camera", "boxes", "setting"), [(640, (31, 39, 45), "local_size native"),
+                                                         (2000, (100, 110, 120), "local_size [672, 672]")])
+def test_defects_below_the_patch_recommend_native_mode_at_the_scale_needed(
+        tmp_path: Path, camera: int, boxes: tuple[int, ...], setting: str) -> None:
+    mask = np.zeros((camera, camera), dtype=np.uint8)
+    for index, box in enumerate(boxes):  # DeepPCB's 31 / 39 px (p10 / median) are 12 / 16 px at 256
+        mask[100 + 200 * index : 100 + 200 * index + box, 100 : 100 + box] = 255
+    Image.fromarray(mask).save(tmp_path / "000_mask.png")
+    image = DatasetImage(tmp_path / "000.png", 1, tmp_path / "000_mask.png", "test", "short")
+    section = Section("Data")
+    check_defect_sizes(section, [image], (256, 256), camera)
+    [finding] = [finding for finding in section.findings if finding.check == "native resolution"]
+    # 640: the 10th-percentile defect (32.6 px) needs every pixel; 2000: 33 / 102 of 2000 = 647, up to 672
+    assert setting in finding.suggestion
+    assert section.facts["native_mode"]["median_side_px_native"] == pytest.approx(boxes[1])
+    small = Section("Data")
+    check_defect_sizes(small, [image], (camera, camera), camera)  # already at full size: nothing to recommend
+    assert not [finding for finding in small.findings if finding.check == "native resolution"]

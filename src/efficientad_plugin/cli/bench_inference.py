@@ -10,7 +10,11 @@ all cores; torch runs batch 1 back to back. Every OpenVINO model runs at each of
 runs in its own process, whose peak resident memory (VmHWM) is reported. Offline: random weights (speed does not
 depend on their values), generated images.
 
+With --native_sizes the plugin also runs in native-resolution mode (local_size native: one dynamic-size graph) on
+square images of each side, torch and OpenVINO FP32/INT8, with latency and peak memory per megapixel.
+
 example: efficientad-bench-inference --precisions f32 bf16 --output docs/bench_inference.json
+example: efficientad-bench-inference --native_sizes 640 1024 2048 --only native "EfficientAdPlugin OpenVINO" Lite0
 """
 
 from __future__ import annotations
@@ -65,6 +69,22 @@ def measure_torch(kind: str, state: str, size: int, warmup: int, runs: int) -> d
     return {**result, "throughput_fps": 1000 / result["latency_ms"]}
 
 
+def measure_torch_native(state: str, side: int, warmup: int, runs: int) -> dict[str, float]:
+    """Eager torch in native mode on a ``side`` x ``side`` image, batch 1 on all cores."""
+    import torch
+
+    from efficientad_plugin import EfficientAdPlugin
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    model = EfficientAdPlugin(teacher_weights="untrained", penalty_dir=None, local_size="native")
+    model.load_state_dict(torch.load(state, weights_only=True))
+    model.eval()
+    image = torch.rand(1, 3, side, side, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        result = latency_ms(lambda: model(image), warmup, runs)
+    return {**result, "throughput_fps": 1000 / result["latency_ms"]}
+
+
 def measure_lean_tool(xml: str, folder: str) -> dict[str, float]:
     """tools/infer.py's detector in latency mode: read, score, one result per file; time per image."""
     from efficientad_plugin.inference import OpenVinoDetector, expand_inputs
@@ -105,6 +125,27 @@ def _fit_for_export(model: object, size: int) -> None:
     for buffer, value in ((post.image_min, 0.0), (post.image_max, 1.0), (post.pixel_min, 0.0),
                           (post.pixel_max, 1.0), (post._image_threshold, 0.5), (post._pixel_threshold, 0.5)):
         buffer.fill_(value)
+
+
+def build_native(workdir: Path, sides: list[int], normal: Path) -> dict[str, tuple[str, ...]]:
+    """The plugin in native mode (one dynamic-size graph, FP32 and INT8, and torch) at each of ``sides``."""
+    import torch
+
+    from efficientad_plugin import EfficientAdPlugin
+    from efficientad_plugin.quantization import quantize_openvino
+
+    native = EfficientAdPlugin(teacher_weights="untrained", penalty_dir=None, local_size="native").eval()
+    _fit_for_export(native, 256)
+    torch.save(native.state_dict(), workdir / "native.pt")
+    fp32 = native.to_openvino(export_root=workdir / "native_fp32", model_file_name="model")
+    int8 = quantize_openvino(fp32, normal, workdir / "native_int8" / "model.xml")
+    variants = {}
+    for side in sides:
+        variants[f"EfficientAdPlugin native torch {side}x{side}"] = ("torch_native", str(workdir / "native.pt"),
+                                                                     str(side))
+        variants[f"EfficientAdPlugin native OpenVINO FP32 {side}x{side}"] = ("openvino_native", str(fp32), str(side))
+        variants[f"EfficientAdPlugin native OpenVINO INT8 {side}x{side}"] = ("openvino_native", str(int8), str(side))
+    return variants
 
 
 def build(workdir: Path, size: int, images: int) -> dict[str, tuple[str, ...]]:
@@ -159,6 +200,11 @@ def _measure(argv: list[str], size: int, warmup: int, runs: int, images: int) ->
     kind, *rest = argv
     if kind == "openvino":
         result = measure_openvino(rest[0], (size, size), warmup, runs, images, precision=rest[1])
+    elif kind == "openvino_native":
+        side = int(rest[1])
+        result = measure_openvino(rest[0], (side, side), warmup, runs, images, precision=rest[2])
+    elif kind == "torch_native":
+        result = measure_torch_native(rest[0], int(rest[1]), warmup, runs)
     elif kind == "torch":
         result = measure_torch(rest[0], rest[1], size, warmup, runs)
     elif kind == "lean":
@@ -172,7 +218,7 @@ def with_precisions(variants: dict[str, tuple[str, ...]], precisions: list[str])
     """Every OpenVINO variant once per precision hint, named ``<variant> [<precision>]``; the others as they are."""
     expanded = {}
     for name, command in variants.items():
-        if command[0] != "openvino":
+        if not command[0].startswith("openvino"):
             expanded[name] = command
             continue
         for precision in dict.fromkeys(precisions):
@@ -191,12 +237,13 @@ def _run_variant(command: tuple[str, ...], args: argparse.Namespace) -> dict[str
 
 def table(results: dict[str, dict[str, float]]) -> str:
     """A Markdown table of the results."""
-    lines = ["| variant | latency median (ms) | latency p95 (ms) | throughput (img/s) | peak memory (MiB) |",
-             "|---|---:|---:|---:|---:|"]
+    lines = ["| variant | latency median (ms) | latency p95 (ms) | throughput (img/s) | peak memory (MiB) "
+             "| ms per megapixel |", "|---|---:|---:|---:|---:|---:|"]
     for name, result in results.items():
         p95 = f"{result['p95_ms']:.1f}" if "p95_ms" in result else "–"
+        per_mp = f"{result['latency_ms'] / result['megapixels']:.0f}" if "megapixels" in result else "–"
         lines.append(f"| {name} | {result['latency_ms']:.1f} | {p95} | {result['throughput_fps']:.1f} "
-                     f"| {result['peak_memory_mib']:.0f} |")
+                     f"| {result['peak_memory_mib']:.0f} | {per_mp} |")
     return "\n".join(lines)
 
 
@@ -239,6 +286,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--only", nargs="+", help="measure only the variants whose names contain one of these")
     parser.add_argument("--precisions", nargs="+", choices=("f32", "bf16", "f16", "auto"), default=["f32"],
                         help="INFERENCE_PRECISION_HINTs to run every OpenVINO variant at (default: f32)")
+    parser.add_argument("--native_sizes", type=int, nargs="+", default=[],
+                        help="also the plugin in native-resolution mode on square images of these sides")
     parser.add_argument("--output", type=Path, help="JSON file for the results")
     parser.add_argument("--measure", nargs="+", help=argparse.SUPPRESS)  # internal: one variant, in a child
     add_child_result_argument(parser)
@@ -252,6 +301,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     with tempfile.TemporaryDirectory() as workdir:
         variants = build(Path(workdir), args.size, args.images)
+        if args.native_sizes:
+            normal = Path(workdir) / "data" / "synthetic" / "train" / "good"
+            variants.update(build_native(Path(workdir), args.native_sizes, normal))
         variants = with_precisions(variants, [resolve_precision(precision) for precision in args.precisions])
         if args.only:
             variants = {name: command for name, command in variants.items()
@@ -259,9 +311,11 @@ def main(argv: list[str] | None = None) -> dict:
         results = {}
         for name, command in variants.items():
             results[name] = _run_variant(command, args)
+            side = int(command[2]) if command[0].endswith("_native") else args.size
+            results[name]["megapixels"] = side * side / 1e6
             print(f"{name}: {results[name]}", file=sys.stderr)
-    report = {"machine": _machine(), "size": args.size, "runs": args.runs, "precisions": args.precisions,
-              "results": results}
+    report = {"machine": _machine(), "size": args.size, "native_sizes": args.native_sizes, "runs": args.runs,
+              "precisions": args.precisions, "results": results}
     print(table(results))
     report["ratios"] = ratios(results)
     for name, value in report["ratios"].items():

@@ -19,15 +19,16 @@ TINY_SHARE = 0.25  # warn when this share of defects is tiny
 MAX_IMAGE_SIDE = 1024  # above this, tiling is cheaper than a larger image_size on the PDN
 
 
-def defect_sides(mask_path: str, image_size: tuple[int, int]) -> list[float]:
-    """Each connected defect region's equivalent square side (sqrt of area) at ``image_size``, in model pixels."""
+def defect_sides(mask_path: str, image_size: tuple[int, int] | None) -> list[float]:
+    """Each connected defect region's equivalent square side (sqrt of area) at ``image_size``, in model pixels
+    (``None``: at the mask's own size)."""
     with Image.open(mask_path) as mask:
         pixels = np.asarray(mask.convert("L")) > 0
     regions, count = ndimage.label(pixels)
     if not count:
         return []
     areas = np.bincount(regions.ravel())[1:]
-    scale = image_size[0] * image_size[1] / pixels.size  # model pixels per mask pixel
+    scale = 1.0 if image_size is None else image_size[0] * image_size[1] / pixels.size  # model px per mask px
     return [math.sqrt(area * scale) for area in areas.tolist()]
 
 
@@ -66,6 +67,7 @@ def check_defect_sizes(section: Section, images: Sequence[DatasetImage], image_s
         histogram_png({"defect regions": sides}, "equivalent side [model px]",
                       {f"tiny (< {TINY_SIDE} px)": TINY_SIDE, f"PDN patch ({PATCH_SIDE} px)": PATCH_SIDE},
                       log_x=True)))
+    _recommend_native_mode(section, defective, sides, image_size)
     if tiny < TINY_SHARE and not vanishing:
         return
     suggested = _suggested_image_size(sides, image_size)
@@ -82,3 +84,35 @@ def check_defect_sizes(section: Section, images: Sequence[DatasetImage], image_s
                 f"{tiny:.0%} of {len(sides)} defect regions are under {TINY_SIDE}x{TINY_SIDE} model pixels "
                 f"({vanishing:.0%} under one pixel) at image_size {list(image_size)}, against the PDN's "
                 f"{PATCH_SIDE}x{PATCH_SIDE} patch: they barely change its features.", remedy)
+
+
+def _recommend_native_mode(section: Section, defective: Sequence[DatasetImage], sides: Sequence[float],
+                           image_size: tuple[int, int]) -> None:
+    """Native-resolution mode (``local_size``) when the median defect is below the patch at ``image_size`` but the
+    camera images hold more pixels: at the local size where 90 % of the defects span the patch, or native."""
+    median = float(np.median(sides))
+    if median >= PATCH_SIDE:
+        return
+    masks = [str(image.mask) for image in defective if image.mask is not None]
+    native_sides = [side for mask in masks for side in defect_sides(mask, None)]
+    native_median = float(np.median(native_sides))
+    if native_median < median * 1.25:  # the camera images are hardly larger than image_size: little to gain
+        return
+    with Image.open(masks[0]) as mask:
+        width, height = mask.size
+    scale = PATCH_SIDE / float(np.percentile(native_sides, 10))
+    if scale >= 1:
+        setting, how = "native", "the smaller defects need every camera pixel"
+    else:
+        local = [max(minimum, int(math.ceil(side * scale / 32) * 32)) for side, minimum in
+                 zip((height, width), image_size, strict=True)]
+        setting, how = f"{local}", f"at {local} px (x{scale:.2f} of the camera's {height}x{width}) 90 % of the defects span the patch"
+        if local[0] >= height and local[1] >= width:
+            setting = "native"
+    section.facts["native_mode"] = {"median_side_px_at_image_size": round(median, 1),
+                                    "median_side_px_native": round(native_median, 1), "local_size": setting}
+    section.add(Severity.WARNING, "native resolution",
+                f"The median defect spans {median:.0f} px at image_size {list(image_size)} but {native_median:.0f} "
+                f"px in the camera images, against the PDN's {PATCH_SIDE}x{PATCH_SIDE} patch; {how}.",
+                f"Train in native-resolution mode: --model.local_size {setting} (the student trains on "
+                f"{list(image_size)} crops, the whole image is scored at that size; docs/native_resolution.md).")
