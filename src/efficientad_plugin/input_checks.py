@@ -97,8 +97,9 @@ def mask_problem(mask_path: str | Path, image: ImageFacts) -> str | None:
     return None
 
 
-def check_samples(samples: Iterable[tuple[str, str | None]], decode_only: bool = False) -> None:
-    """Check ``(image_path, mask_path)`` pairs; raise one ``ImageReadError`` listing every bad file.
+def check_samples(samples: Iterable[tuple[str, str | None]], decode_only: bool = False) -> dict[str, tuple[int, int]]:
+    """Check ``(image_path, mask_path)`` pairs; raise one ``ImageReadError`` listing every bad file; return each
+    image's ``(height, width)``.
 
     Each path is checked once. Images with an EXIF orientation tag are logged: anomalib (and this package at
     inference) uses their pixels as stored, so parts appear as stored, not as a photo viewer shows them.
@@ -129,6 +130,7 @@ def check_samples(samples: Iterable[tuple[str, str | None]], decode_only: bool =
         msg = (f"{len(problems)} input files cannot be used; fix or remove them before training (nothing was "
                f"trained):\n{listed}{more}")
         raise ImageReadError(msg)
+    return {path: (facts.height, facts.width) for path, facts in checked.items() if facts is not None}
 
 
 def datamodule_samples(datamodule: object) -> list[tuple[str, str | None]]:
@@ -144,8 +146,9 @@ def datamodule_samples(datamodule: object) -> list[tuple[str, str | None]]:
     return pairs
 
 
-def check_datamodule(datamodule: object) -> None:
-    """Before training: the training split is not empty, and every image and mask of every split can be used."""
+def check_datamodule(datamodule: object) -> dict[str, tuple[int, int]]:
+    """Before training: the training split is not empty, and every image and mask of every split can be used;
+    returns each image's ``(height, width)``."""
     train_data = getattr(datamodule, "train_data", None)
     if train_data is not None and len(train_data) == 0:
         where = ", ".join(f"{name}={getattr(datamodule, name)}" for name in ("root", "category", "normal_dir")
@@ -153,4 +156,15 @@ def check_datamodule(datamodule: object) -> None:
         msg = (f"{type(datamodule).__name__} found no training images ({where}). Check that the folder of normal "
                f"training images exists and holds image files.")
         raise ValueError(msg)
-    check_samples(datamodule_samples(datamodule))
+    return check_samples(datamodule_samples(datamodule))
+
+
+def check_one_size_per_batch(sizes: dict[str, tuple[int, int]], batch_size: int) -> None:
+    """Images of different sizes cannot share a batch (anomalib stacks them): refuse, naming two, unless it is 1."""
+    by_size = {size: path for path, size in sizes.items()}
+    if batch_size > 1 and len(by_size) > 1:
+        (first, first_path), (second, second_path) = list(by_size.items())[:2]
+        msg = (f"Native-resolution mode scores each image at its own size, and the images differ in size (e.g. "
+               f"{first_path} is {first[0]}x{first[1]}, {second_path} {second[0]}x{second[1]}): set "
+               f"--data.eval_batch_size 1, or local_size [h, w] to score them all at one size.")
+        raise ValueError(msg)

@@ -16,6 +16,7 @@ from anomalib.pre_processing import PreProcessor
 from lightning.pytorch import Callback
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.types import STEP_OUTPUT
+from torch.nn import functional as F  # noqa: N812
 from torch.utils.data import DataLoader
 from torchvision.transforms.v2 import Compose, Resize
 
@@ -34,7 +35,7 @@ from .branches import (
 )
 from .callbacks import NonFiniteLossGuard, ResumableDataOrder, StepCheckpoint
 from .hardware import cpu_description, cpu_has_native_bf16
-from .input_checks import check_datamodule, parse_val_split_mode
+from .input_checks import check_datamodule, check_one_size_per_batch, parse_val_split_mode
 from .loss import EfficientAdLoss
 from .pdn import check_model_size, load_pdn_state_dict
 from .penalty import BUNDLED, PenaltyImages
@@ -183,6 +184,7 @@ class EfficientAdPlugin(AnomalibModule):
         self.branch_weights = branch_weights
         self.branch_choice: BranchChoice | None = None  # set when the map normalisation is fitted
         self.branch_metrics: BranchMetrics | None = None  # while testing
+        self._metric_size: tuple[int, int] | None = None  # native mode: the grid test maps are measured on
         self.local_size = local_size
         self.max_image_megapixels = max_image_megapixels
         self.model = EfficientAdPluginModel(model_size, image_size, native=local_size is not None)
@@ -302,7 +304,9 @@ class EfficientAdPlugin(AnomalibModule):
             )
             raise ValueError(msg)
         if self.trainer.datamodule is not None:
-            check_datamodule(self.trainer.datamodule)
+            sizes = check_datamodule(self.trainer.datamodule)
+            if self.local_size == NATIVE:
+                check_one_size_per_batch(sizes, getattr(self.trainer.datamodule, "eval_batch_size", 1))
         val_split_mode = parse_val_split_mode(getattr(self.trainer.datamodule, "val_split_mode", None))
         if val_split_mode == ValSplitMode.NONE:
             raise ValueError(_NO_VALIDATION_IMAGES)
@@ -499,15 +503,29 @@ class EfficientAdPlugin(AnomalibModule):
             self._check_native_size(batch.image, batch)
         with self._full_precision():
             st_map, ae_map = self.model.raw_maps(batch.image)
-            if self.branch_metrics is not None:
-                branch_maps = self.model.anomaly_map_generator.branch_maps(st_map, ae_map, batch.image.shape[-2:])
-                self.branch_metrics.update(*branch_maps, batch.gt_label, batch.gt_mask)
-            return batch.update(**self.model.prediction(st_map, ae_map, batch.image.shape[-2:])._asdict())
+            size = tuple(batch.image.shape[-2:])
+            prediction = self.model.prediction(st_map, ae_map, size)._asdict()
+            branch_maps = self.model.anomaly_map_generator.branch_maps(st_map, ae_map, size)
+        if self.local_size == NATIVE:
+            self._metric_size = self._metric_size or size
+            if size != self._metric_size:
+                # anomalib's pixel metrics concatenate the maps of all batches: an image of another size than the
+                # first is measured on the first's grid (maps and image bilinear, mask nearest); its score is its own
+                prediction["anomaly_map"], *branch_maps = (F.interpolate(value, size=self._metric_size,
+                                                                         mode="bilinear")
+                                                           for value in (prediction["anomaly_map"], *branch_maps))
+                batch.update(image=F.interpolate(batch.image, size=self._metric_size, mode="bilinear"),
+                             gt_mask=None if batch.gt_mask is None else F.interpolate(
+                                 batch.gt_mask[:, None].float(), size=self._metric_size, mode="nearest")[:, 0] > 0)
+        if self.branch_metrics is not None:
+            self.branch_metrics.update(*branch_maps, batch.gt_label, batch.gt_mask)
+        return batch.update(**prediction)
 
     def on_test_start(self) -> None:
         """Refuse to test an unfitted model; start the branches' metrics."""
         self._require_fitted("test")
         self.branch_metrics = BranchMetrics()
+        self._metric_size = None
 
     def on_test_epoch_end(self) -> None:
         """Log image AUROC, pixel AUROC and AU-PRO of each branch alone and of the paper's average."""

@@ -68,3 +68,42 @@ def test_an_image_over_the_memory_budget_is_refused_by_name(
             engine.test(model, datamodule)
     finally:
         model.max_image_megapixels = 16.0
+
+
+def test_images_of_mixed_sizes_train_and_test_through_anomalibs_cli_at_batch_1(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from anomalib.cli import AnomalibCLI
+    from PIL import Image
+
+    root = generate_mvtec_dataset(tmp_path / "data", image_size=SIZE, num_train=6, num_test_good=2,
+                                  num_test_defect=2).parent
+    for path in [*sorted(root.rglob("*.png"))[::2]]:  # every other image and mask at another size
+        with Image.open(path) as image:
+            resized = image.resize((300, 270), Image.Resampling.NEAREST if "_mask" in path.name else
+                                   Image.Resampling.BILINEAR)
+        resized.save(path)
+    masks = sorted((root / "synthetic" / "ground_truth").rglob("*_mask.png"))
+    for mask in masks:  # a mask keeps its image's size
+        image = root / "synthetic" / "test" / mask.parent.name / mask.name.replace("_mask", "")
+        with Image.open(image) as source, Image.open(mask) as target:
+            if source.size != target.size:
+                target.resize(source.size, Image.Resampling.NEAREST).save(mask)
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        "model:\n  class_path: EfficientAdPlugin\n  init_args:\n    teacher_weights: untrained\n"
+        "    max_steps: 1\n    local_size: native\n    penalty_dir: null\n"
+        f"data:\n  class_path: MVTecAD\n  init_args: {{root: {root}, category: synthetic, "
+        "val_split_mode: from_train, val_split_ratio: 0.34, train_batch_size: 1, eval_batch_size: EVAL, "
+        "num_workers: 0}\n"
+        "trainer: {logger: false, enable_progress_bar: false}\n")
+    monkeypatch.chdir(tmp_path)  # anomalib's CLI writes ./results
+    text = config.read_text()
+    config.write_text(text.replace("EVAL", "2"))
+    with pytest.raises(ValueError, match="differ in size.*eval_batch_size 1"):
+        AnomalibCLI(["train", "--config", str(config)])
+    config.write_text(text.replace("EVAL", "1"))
+    AnomalibCLI(["train", "--config", str(config)])  # train, then test on both sizes
+    [checkpoint] = sorted((tmp_path / "results").rglob("model.ckpt"))
+    AnomalibCLI(["predict", "--config", str(config), "--ckpt_path", str(checkpoint)])
+    images = sorted((tmp_path / "results").rglob("images/**/*.png"))
+    assert images  # the visualiser wrote the predictions of both sizes
