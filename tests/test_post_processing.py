@@ -115,7 +115,7 @@ def test_the_rate_is_set_through_anomalibs_cli_as_the_readme_shows(tmp_path: Pat
     assert isinstance(default, FalseAlarmRatePostProcessor) and default.false_alarm_rate == 0.01
 
 
-def test_keep_order_keeps_the_order_above_the_range_and_changes_nothing_below_the_knee() -> None:
+def test_keep_order_keeps_the_order_beyond_the_range_and_changes_nothing_between_the_knees() -> None:
     from anomalib.post_processing import PostProcessor
 
     from efficientad_plugin.post_processing import KNEE
@@ -124,21 +124,22 @@ def test_keep_order_keeps_the_order_above_the_range_and_changes_nothing_below_th
     kept, clamped = FalseAlarmRatePostProcessor(), FalseAlarmRatePostProcessor(keep_order=False)
     _validate(kept, batches)
     _validate(clamped, batches)
-    scores = torch.tensor([180.0, 198.0, 250.0, 300.0, 600.0, 1000.0, 5000.0])  # normal range 1..200
+    # normal range 1..200, threshold 198: anomalib's linear score is (x - 198) / 199 + 0.5
+    scores = torch.tensor([-5000.0, -300.0, 0.0, 50.0, 120.0, 180.0, 198.0, 250.0, 300.0, 600.0, 1000.0, 5000.0])
     ordered = kept(InferenceBatch(pred_score=scores)).pred_score
     anomalib = clamped(InferenceBatch(pred_score=scores)).pred_score
     assert torch.equal(anomalib, PostProcessor._normalize(scores, clamped.image_min, clamped.image_max,
                                                           clamped.image_threshold))  # keep_order=False: anomalib's
-    assert torch.equal(anomalib[-3:], torch.ones(3))  # anomalib ties the three highest at 1
-    assert bool((ordered[1:] > ordered[:-1]).all()) and float(ordered.max()) < 1 and float(ordered.min()) >= 0
-    below = anomalib <= KNEE
-    assert torch.equal(ordered[below], anomalib[below])
+    assert torch.equal(anomalib[-4:], torch.ones(4)) and torch.equal(anomalib[:4], torch.zeros(4))  # ties
+    assert bool((ordered[1:] > ordered[:-1]).all()) and 0 < float(ordered.min()) and float(ordered.max()) < 1
+    between = (anomalib >= 1 - KNEE) & (anomalib <= KNEE)
+    assert int(between.sum()) == 2 and torch.equal(ordered[between], anomalib[between])
     assert torch.equal(kept(InferenceBatch(pred_score=scores)).pred_label,
                        clamped(InferenceBatch(pred_score=scores)).pred_label)
-    # the maps too: pixels far above the normal pixels keep their order
-    maps = torch.tensor([0.3, 0.5, 0.9]).view(-1, 1, 1).expand(-1, 2, 2)
-    pixels = kept(InferenceBatch(pred_score=scores[:3], anomaly_map=maps)).anomaly_map[:, 0, 0]
-    assert bool((pixels[1:] > pixels[:-1]).all()) and float(pixels.max()) < 1
+    # the maps too: pixels far outside the normal pixels keep their order
+    maps = torch.tensor([-1.0, 0.3, 0.5, 0.9]).view(-1, 1, 1).expand(-1, 2, 2)
+    pixels = kept(InferenceBatch(pred_score=scores[:4], anomaly_map=maps)).anomaly_map[:, 0, 0]
+    assert bool((pixels[1:] > pixels[:-1]).all()) and 0 < float(pixels.min()) and float(pixels.max()) < 1
 
 
 def test_keep_order_travels_in_the_checkpoint_and_an_older_checkpoint_takes_the_argument() -> None:

@@ -8,10 +8,11 @@ anomalib's ``PostProcessor``: min-max normalisation with the threshold at 0.5, l
 whose graph holds the thresholds.
 
 anomalib also clamps the normalised scores to [0, 1], so every part scoring more than half the normal range above
-the threshold reads 1.0: the order among them (which part to inspect first, and what AUROC measures) is lost, and a
-normal part far above the range ties with every defect. With ``keep_order`` (the default) the scores above
-``KNEE`` approach 1 along a smooth, strictly increasing tail instead; below it, the threshold at 0.5 and every label
-stay anomalib's. anomalib has no such option; this is the one place that adds it.
+the threshold reads 1.0 and every part as far below it reads 0.0: the order among them (which part to inspect first,
+and what AUROC measures) is lost, and a normal part far above the range ties with every defect (or a defect far
+below it with the normal parts). With ``keep_order`` (the default) the scores beyond ``[1 - KNEE, KNEE]`` approach 0
+and 1 along smooth, strictly increasing tails instead; inside it, the threshold at 0.5 and every label stay
+anomalib's. anomalib has no such option; this is the one place that adds it.
 """
 
 from __future__ import annotations
@@ -31,13 +32,17 @@ logger = logging.getLogger(__name__)
 THRESHOLD_MODES = ("auto", "false_alarm_rate", "f1")
 CONFIDENCE = 0.95
 MAX_PIXELS = 1 << 24  # normal validation pixels kept for the pixel quantile (evenly strided beyond this)
-KNEE = 0.75  # normalised scores up to here are anomalib's; above, the order-keeping tail
+KNEE = 0.75  # normalised scores in [1 - KNEE, KNEE] are anomalib's; beyond, the order-keeping tails
 
 
-def ordered_tail(linear: torch.Tensor, knee: float = KNEE) -> torch.Tensor:
-    """``1 - (1 - k)^2 / (1 - 2k + v)`` for ``v`` above ``k``: equal to ``v`` with slope 1 at ``k``, strictly
-    increasing, below 1 for every finite ``v`` (distinct in float32 up to ``v`` of about 1,000), 1 at infinity."""
-    return 1 - (1 - knee) ** 2 / (1 - 2 * knee + linear.clamp(min=knee))
+def ordered_tails(linear: torch.Tensor, knee: float = KNEE) -> torch.Tensor:
+    """``v`` on ``[1 - k, k]``; above, ``1 - (1 - k)^2 / (1 - 2k + v)``, below, its mirror ``(1 - k)^2 / (2 - 2k - v)``:
+    continuous with slope 1 at the knees, strictly increasing, inside (0, 1) for every finite ``v`` (distinct in
+    float32 up to ``|v|`` of about 1,000), 0 and 1 at the infinities."""
+    square = (1 - knee) ** 2
+    upper = 1 - square / (1 - 2 * knee + linear.clamp(min=knee))
+    lower = square / (2 - 2 * knee - linear.clamp(max=1 - knee))
+    return torch.where(linear > knee, upper, torch.where(linear < 1 - knee, lower, linear))
 
 
 def false_alarm_interval(num_normal: int, rate: float, confidence: float = CONFIDENCE) -> tuple[float, float]:
@@ -78,8 +83,8 @@ class FalseAlarmRatePostProcessor(PostProcessor):
             (0, 1); 0.01 by default.
         threshold: ``"auto"`` uses the false-alarm rate when the validation split has no defective image and
             anomalib's F1-adaptive threshold when it has both kinds; ``"false_alarm_rate"`` or ``"f1"`` force one.
-        keep_order: normalised scores above ``KNEE`` follow ``ordered_tail`` instead of anomalib's clamp at 1, so
-            parts far above the normal range keep their order (labels unchanged); ``False`` is anomalib's
+        keep_order: normalised scores beyond ``[1 - KNEE, KNEE]`` follow ``ordered_tails`` instead of anomalib's clamp
+            to [0, 1], so parts far outside the normal range keep their order (labels unchanged); ``False`` is anomalib's
             normalisation exactly. Stored in the checkpoint; one saved before this option takes the argument's.
         **kwargs: anomalib ``PostProcessor`` arguments (normalisation, sensitivity...).
 
@@ -114,14 +119,15 @@ class FalseAlarmRatePostProcessor(PostProcessor):
 
     def _normalize(self, preds: torch.Tensor | None, norm_min: torch.Tensor, norm_max: torch.Tensor,
                    threshold: torch.Tensor) -> torch.Tensor | None:
-        """anomalib's min-max normalisation; with ``keep_order``, the clamp at 1 becomes ``ordered_tail``."""
+        """anomalib's min-max normalisation; with ``keep_order``, its clamp to [0, 1] becomes ``ordered_tails``."""
         normalised = super()._normalize(preds, norm_min, norm_max, threshold)
         if preds is None or not self.keep_order:
             return normalised
         threshold = torch.where(torch.isnan(threshold), (norm_max + norm_min) / 2, threshold)
-        linear = (preds - threshold) / (norm_max - norm_min) + 0.5  # inf where the range is 0: the tail gives 1
+        linear = (preds - threshold) / (norm_max - norm_min) + 0.5  # +-inf where the range is 0: tails give 1, 0
         fitted = ~torch.isnan(norm_min) & ~torch.isnan(norm_max)
-        return torch.where(fitted & (normalised > KNEE), ordered_tail(linear), normalised)
+        beyond = (normalised > KNEE) | (normalised < 1 - KNEE)
+        return torch.where(fitted & beyond, ordered_tails(linear), normalised)
 
     def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Start collecting the normal validation scores and pixels of this validation."""

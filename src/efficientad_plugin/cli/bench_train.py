@@ -7,6 +7,9 @@ the teacher statistics pass and validation are not steps), peak resident memory,
 variant ends, and the wall time a 70,000-step run would take at that speed. Prints a table and the plugin/stock
 ratios; writes JSON.
 
+With --native_size N the images are N x N and a third variant trains in native-resolution mode (local_size
+native: 256-px crops, the autoencoder on the whole image at 256) beside the plugin resizing them to 256.
+
 example: efficientad-bench-train --steps 25 --precisions 32 bf16-mixed --output docs/bench_train.json
 """
 
@@ -28,6 +31,7 @@ from efficientad_plugin.cli import console_command
 
 PAPER_STEPS = 70_000
 MODELS = ("EfficientAdPlugin", "EfficientAd")
+NATIVE_VARIANT = "EfficientAdPlugin native"
 
 
 def _prepare(workdir: Path, size: int, train_images: int) -> None:
@@ -84,9 +88,10 @@ def run_variant(model_name: str, precision: str, workdir: Path, steps: int, warm
         warmup = len(datamodule.train_data)
     total = warmup + steps
     teacher = workdir / "cache" / "anomalib" / "pre_trained" / "efficientad_pretrained_weights"
-    if model_name == "EfficientAdPlugin":
+    if model_name.startswith("EfficientAdPlugin"):
         model = EfficientAdPlugin(teacher_weights=str(teacher / "pretrained_teacher_small.pth"),
-                                  penalty_dir=str(workdir / "penalty"), max_steps=total)
+                                  penalty_dir=str(workdir / "penalty"), max_steps=total,
+                                  local_size="native" if model_name == NATIVE_VARIANT else None)
     else:
         from anomalib.models import EfficientAd
 
@@ -108,6 +113,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--steps", type=int, default=20, help="timed training steps per variant (default: 20)")
     parser.add_argument("--warmup", type=int, help="untimed first steps (default: one epoch)")
     parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--native_size", type=int, help="N x N images, and the plugin in native mode beside")
     parser.add_argument("--train-images", type=int, default=10, help="generated training images, 10 %% of them "
                         "held out for validation (default: 10)")
     parser.add_argument("--accelerator", default="cpu", help="Lightning accelerator (default: cpu)")
@@ -127,10 +133,10 @@ def main(argv: list[str] | None = None) -> dict:
     results: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory() as folder:
         workdir = Path(folder)
-        _prepare(workdir, args.size, args.train_images)
+        _prepare(workdir, args.native_size or args.size, args.train_images)
         environment = {**os.environ, "XDG_CACHE_HOME": str(workdir / "cache")}
         for precision in args.precisions:
-            for model_name in MODELS:
+            for model_name in (*MODELS, NATIVE_VARIANT) if args.native_size else MODELS:
                 arguments = ["--steps", args.steps, "--accelerator", args.accelerator,
                              "--variant", model_name, precision, workdir]
                 if args.warmup is not None:
@@ -156,7 +162,12 @@ def main(argv: list[str] | None = None) -> dict:
             ratios[f"plugin {precision} / stock 32 steps per second"] = plugin / stock_fp32
     for name, value in ratios.items():
         print(f"{name}: {value:.2f}")
-    report = {"steps": args.steps, "warmup": args.warmup, "size": args.size, "train_images": args.train_images,
+    native = f"{NATIVE_VARIANT} {args.precisions[0]}"
+    if native in results:
+        ratios["plugin native / plugin resized steps per second"] = (
+            results[native]["steps_per_second"] / results[f"EfficientAdPlugin {args.precisions[0]}"]["steps_per_second"])
+    report = {"steps": args.steps, "warmup": args.warmup, "size": args.size, "native_size": args.native_size,
+              "train_images": args.train_images,
               "accelerator": args.accelerator, "results": results, "ratios": ratios}
     if args.output:
         args.output.write_text(json.dumps(report, indent=2))
