@@ -148,8 +148,12 @@ def build_native(workdir: Path, sides: list[int], normal: Path) -> dict[str, tup
     return variants
 
 
-def build(workdir: Path, size: int, images: int) -> dict[str, tuple[str, ...]]:
-    """Export every model under ``workdir`` and return the measurement command of each variant."""
+def _wanted(name: str, only: list[str] | None) -> bool:
+    return not only or any(part in name for part in only)
+
+
+def build(workdir: Path, size: int, images: int, only: list[str] | None = None) -> dict[str, tuple[str, ...]]:
+    """Export every model under ``workdir`` (those ``only`` selects) and return each variant's measurement command."""
     import torch
     from anomalib.deploy import CompressionType
     from anomalib.models import EfficientAd, Patchcore
@@ -169,18 +173,21 @@ def build(workdir: Path, size: int, images: int) -> dict[str, tuple[str, ...]]:
     fp16 = plugin.to_openvino(export_root=workdir / "plugin_fp16", model_file_name="model",
                               compression_type=CompressionType.FP16)
     int8 = quantize_openvino(fp32, normal, workdir / "plugin_int8" / "model.xml")
-    stock = EfficientAd().eval()
-    torch.save(stock.state_dict(), workdir / "stock.pt")
-    stock_fp32 = stock.to_openvino(export_root=workdir / "stock_fp32", model_file_name="model")
     variants = {
         "EfficientAdPlugin torch": ("torch", "plugin", str(workdir / "plugin.pt")),
         "EfficientAdPlugin OpenVINO FP32": ("openvino", str(fp32)),
         "EfficientAdPlugin OpenVINO FP16": ("openvino", str(fp16)),
         "EfficientAdPlugin OpenVINO INT8": ("openvino", str(int8)),
-        "stock EfficientAd torch": ("torch", "stock", str(workdir / "stock.pt")),
-        "stock EfficientAd OpenVINO FP32": ("openvino", str(stock_fp32)),
     }
+    if _wanted("stock EfficientAd", only):
+        stock = EfficientAd().eval()
+        torch.save(stock.state_dict(), workdir / "stock.pt")
+        stock_fp32 = stock.to_openvino(export_root=workdir / "stock_fp32", model_file_name="model")
+        variants["stock EfficientAd torch"] = ("torch", "stock", str(workdir / "stock.pt"))
+        variants["stock EfficientAd OpenVINO FP32"] = ("openvino", str(stock_fp32))
     for backbone, layers in PATCHCORE_BACKBONES.items():
+        if not _wanted(f"Patchcore {backbone}", only):
+            continue
         patchcore = Patchcore(backbone=backbone, layers=layers, pre_trained=False).eval()
         with torch.no_grad():
             channels = sum(feature.shape[1] for feature in patchcore.model.feature_extractor(
@@ -300,7 +307,7 @@ def main(argv: list[str] | None = None) -> dict:
     from efficientad_plugin.inference import resolve_precision
 
     with tempfile.TemporaryDirectory() as workdir:
-        variants = build(Path(workdir), args.size, args.images)
+        variants = build(Path(workdir), args.size, args.images, args.only)
         if args.native_sizes:
             normal = Path(workdir) / "data" / "synthetic" / "train" / "good"
             variants.update(build_native(Path(workdir), args.native_sizes, normal))
