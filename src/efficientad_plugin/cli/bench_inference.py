@@ -149,7 +149,7 @@ def build_native(workdir: Path, sides: list[int], normal: Path) -> dict[str, tup
 
 
 def _wanted(name: str, only: list[str] | None) -> bool:
-    return not only or any(part in name for part in only)
+    return not only or any(part in name or name in part for part in only)  # a variant name names its model
 
 
 def build(workdir: Path, size: int, images: int, only: list[str] | None = None) -> dict[str, tuple[str, ...]]:
