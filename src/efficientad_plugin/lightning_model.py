@@ -63,7 +63,7 @@ _NO_VALIDATION_IMAGES = (
 )
 LR_SCHEDULES = ("paper", "one_cycle")
 NATIVE = "native"
-# Peak memory of scoring one megapixel in native mode, fp32 on CPU (efficientad-bench-inference --sizes measures it)
+# Peak memory of scoring one megapixel in native mode, fp32 on CPU (efficientad-bench-inference --native_sizes)
 MIB_PER_MEGAPIXEL = 1500.0
 
 
@@ -395,11 +395,11 @@ class EfficientAdPlugin(AnomalibModule):
         if self.penalty_images is not None:
             penalty = self.penalty_images.sample(self.global_step, torch.initial_seed()).to(batch.image)
         generator = step_generator(torch.initial_seed(), self.global_step, AUGMENTATION_STREAM)
-        images = batch.image
+        images = whole = batch.image
         if self.local_size is not None:  # native mode: the student-teacher loss on a crop, the rest on the whole
-            self._check_native_size(images, batch)
-            images, whole = random_crop(images, self.image_size, generator), self.model.resized(images)
-        augmented = random_color_adjustment(whole if self.local_size is not None else images, generator)
+            self._check_native_size(whole, batch)
+            images, whole = random_crop(whole, self.image_size, generator), self.model.resized(whole)
+        augmented = random_color_adjustment(whole, generator)
         teacher = None
         if self.teacher_cache is not None:
             teacher = self.teacher_cache.lookup(batch.image_path, lambda: self.model.teacher_features(batch.image))

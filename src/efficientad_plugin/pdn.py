@@ -87,9 +87,8 @@ class PatchDescriptionNetwork(nn.Sequential):
         ``measure``, whichever pass :func:`batched_pass_is_faster` measured faster here, because oneDNN's batch-1
         and batch-3 speeds differ by CPU and precision (Zen 4: batch-1 faster in fp32, batched under bf16).
         """
-        if batched is False:
-            pass  # (nothing to compare: exported graphs with dynamic sizes come this way, whose sizes are unhashable)
-        elif len({batch.shape[1:] for batch in inputs}) != 1:
+        # (batched=False compares no sizes: exported graphs with dynamic sizes come this way, unhashable)
+        if batched is not False and len({batch.shape[1:] for batch in inputs}) != 1:
             batched = False
         elif batched is None:
             on_cpu = inputs[0].device.type == "cpu"

@@ -162,10 +162,10 @@ def main(argv: list[str] | None = None) -> dict:
             ratios[f"plugin {precision} / stock 32 steps per second"] = plugin / stock_fp32
     for name, value in ratios.items():
         print(f"{name}: {value:.2f}")
-    native = f"{NATIVE_VARIANT} {args.precisions[0]}"
+    native, resized = (f"{name} {args.precisions[0]}" for name in (NATIVE_VARIANT, "EfficientAdPlugin"))
     if native in results:
         ratios["plugin native / plugin resized steps per second"] = (
-            results[native]["steps_per_second"] / results[f"EfficientAdPlugin {args.precisions[0]}"]["steps_per_second"])
+            results[native]["steps_per_second"] / results[resized]["steps_per_second"])
     report = {"steps": args.steps, "warmup": args.warmup, "size": args.size, "native_size": args.native_size,
               "train_images": args.train_images,
               "accelerator": args.accelerator, "results": results, "ratios": ratios}

@@ -106,7 +106,8 @@ def _recommend_native_mode(section: Section, defective: Sequence[DatasetImage], 
     else:
         local = [max(minimum, int(math.ceil(side * scale / 32) * 32)) for side, minimum in
                  zip((height, width), image_size, strict=True)]
-        setting, how = f"{local}", f"at {local} px (x{scale:.2f} of the camera's {height}x{width}) 90 % of the defects span the patch"
+        setting = f"{local}"
+        how = f"at {local} px (x{scale:.2f} of the camera's {height}x{width}) 90 % of the defects span the patch"
         if local[0] >= height and local[1] >= width:
             setting = "native"
     section.facts["native_mode"] = {"median_side_px_at_image_size": round(median, 1),
