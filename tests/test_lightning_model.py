@@ -34,7 +34,8 @@ def _engine(tmp_path: Path) -> Engine:
      ({"max_steps": 0}, "max_steps"), ({"teacher_cache_mib": -1}, "teacher_cache_mib"),
      ({"lr_schedule": "cosine"}, "lr_schedule"), ({"warmup_fraction": 0.0}, "warmup_fraction"),
      ({"branch_weights": "mean"}, "branch_weights"), ({"local_size": "full"}, "local_size"),
-     ({"local_size": (640, 200)}, "at least image_size"), ({"max_image_megapixels": 0}, "max_image_megapixels")],
+     ({"local_size": (640, 200)}, "at least image_size"), ({"max_image_megapixels": 0}, "max_image_megapixels"),
+     ({"autoencoder_start": 1.0}, "autoencoder_start"), ({"autoencoder_start": -0.1}, "autoencoder_start")],
 )
 def test_bad_arguments_fail_at_construction(arguments: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
@@ -258,6 +259,21 @@ def test_teacher_cache_reuses_outputs_from_the_second_epoch_with_unchanged_losse
     assert messages[0].startswith("Teacher cache on: up to 1024 MiB")
     assert messages[1] == ("Teacher cache off: teacher_cache_mib is 0; the teacher runs on every training image at "
                            "every step.")
+
+
+def test_autoencoder_start_skips_the_global_branch_in_early_steps(tmp_path: Path) -> None:
+    generate_mvtec_dataset(tmp_path / "data", num_train=3, num_test_good=1, num_test_defect=1, seed=0)
+    recorder = StepRecorder()
+    model = EfficientAdPlugin(teacher_weights="untrained", penalty_dir=None, max_steps=4, autoencoder_start=0.5,
+                              teacher_cache_mib=0, evaluator=False, visualizer=False)
+    autoencoder_before = [parameter.detach().clone() for parameter in model.model.autoencoder.parameters()]
+    engine = Engine(default_root_dir=tmp_path, logger=False, accelerator="cpu", devices=1, callbacks=[recorder])
+    with pytest.warns(UserWarning):
+        engine.fit(model, _datamodule(tmp_path / "data", val_split_ratio=0.34))
+    assert recorder.teacher_calls == [1, 1, 2, 2]  # the augmented image's teacher pass from step 2 (4 x 0.5) on
+    assert ["train_loss_ae" in losses for losses in recorder.losses] == [False, False, True, True]
+    assert not any(torch.equal(before, after)
+                   for before, after in zip(autoencoder_before, model.model.autoencoder.parameters(), strict=True))
 
 
 def test_evaluation_stays_fp32_under_mixed_precision() -> None:

@@ -283,6 +283,22 @@ def test_training_features_with_penalty(model: EfficientAdPluginModel) -> None:
     assert student_grad is not None and student_grad.abs().sum() > 0 and ae_grad is None
 
 
+def test_training_features_without_the_global_branch(model: EfficientAdPluginModel) -> None:
+    """Without an augmented image (autoencoder_start) the local branch's outputs are the same and nothing else runs."""
+    generator = torch.Generator().manual_seed(7)
+    images, augmented, penalty = (torch.rand(1, 3, 256, 256, generator=generator) for _ in range(3))
+    full = model.training_features(images, augmented, penalty)
+    local = model.training_features(images, None, penalty)
+    assert local.teacher_augmented is None and local.autoencoder_augmented is None
+    assert local.student_augmented is None
+    torch.testing.assert_close(local.student, full.student, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(local.student_penalty, full.student_penalty, atol=1e-5, rtol=1e-5)
+    losses = EfficientAdLoss()(local)
+    assert set(losses) == {"loss_hard", "loss_penalty", "loss"}
+    ae_grad = torch.autograd.grad(losses["loss"], model.autoencoder.head[-1].weight, allow_unused=True)[0]
+    assert ae_grad is None
+
+
 def test_half_width_student_passes_match_full_passes(model: EfficientAdPluginModel) -> None:
     """The half-width student passes give the losses and gradients of three full passes (float tolerance)."""
     generator = torch.Generator().manual_seed(6)

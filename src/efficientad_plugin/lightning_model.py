@@ -116,6 +116,10 @@ class EfficientAdPlugin(AnomalibModule):
             its own size; ``(height, width)``: at that size. The student trains on random ``image_size`` crops of it,
             the global (autoencoder) branch sees the whole image resized to ``image_size``, and the anomaly map
             comes at the local branch's size. Images of different sizes need ``eval_batch_size`` 1.
+        autoencoder_start: share of ``max_steps`` trained before the global branch starts learning: until then a
+            step trains the student's teacher-mimicking half only (hard loss and penalty) and skips the passes of
+            the teacher, autoencoder and student on the augmented image, about a third of a step's arithmetic.
+            ``0`` (default) is the paper: every loss from the first step.
         max_image_megapixels: refuse (naming the image) to score an image larger than this in native mode, before
             it can exhaust memory: scoring needs about ``MIB_PER_MEGAPIXEL`` MiB per megapixel in fp32.
         pre_processor, post_processor, evaluator, visualizer: anomalib components, or ``True`` for the defaults.
@@ -136,6 +140,7 @@ class EfficientAdPlugin(AnomalibModule):
         teacher_cache_mib: float = 1024,
         branch_weights: str = "auto",
         local_size: str | tuple[int, int] | None = None,
+        autoencoder_start: float = 0.0,
         max_image_megapixels: float = 16.0,
         pre_processor: PreProcessor | bool = True,
         post_processor: torch.nn.Module | bool = True,
@@ -156,6 +161,10 @@ class EfficientAdPlugin(AnomalibModule):
             raise ValueError(msg)
         check_branch_weights(branch_weights)
         local_size = check_local_size(local_size, image_size)
+        if not 0 <= autoencoder_start < 1:
+            msg = (f"autoencoder_start must be a share of max_steps in [0, 1), got {autoencoder_start}: the "
+                   "autoencoder has to train for some steps. 0 trains it from the first step, as the paper does.")
+            raise ValueError(msg)
         if max_image_megapixels <= 0:
             msg = f"max_image_megapixels must be positive, got {max_image_megapixels}."
             raise ValueError(msg)
@@ -186,6 +195,7 @@ class EfficientAdPlugin(AnomalibModule):
         self.branch_metrics: BranchMetrics | None = None  # while testing
         self._metric_size: tuple[int, int] | None = None  # native mode: the grid test maps are measured on
         self.local_size = local_size
+        self.autoencoder_start = autoencoder_start
         self.max_image_megapixels = max_image_megapixels
         self.model = EfficientAdPluginModel(model_size, image_size, native=local_size is not None)
         self.loss = EfficientAdLoss()
@@ -399,7 +409,9 @@ class EfficientAdPlugin(AnomalibModule):
         if self.local_size is not None:  # native mode: the student-teacher loss on a crop, the rest on the whole
             self._check_native_size(whole, batch)
             images, whole = random_crop(whole, self.image_size, generator), self.model.resized(whole)
-        augmented = random_color_adjustment(whole, generator)
+        augmented = None
+        if self.global_step >= self.autoencoder_start * self.max_steps:
+            augmented = random_color_adjustment(whole, generator)
         teacher = None
         if self.teacher_cache is not None:
             teacher = self.teacher_cache.lookup(batch.image_path, lambda: self.model.teacher_features(batch.image))

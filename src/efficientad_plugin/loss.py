@@ -33,11 +33,13 @@ class EfficientAdLoss(nn.Module):
         self.hard_quantile = hard_quantile
 
     def forward(self, features: TrainingFeatures) -> dict[str, torch.Tensor]:
-        """Return each loss term and their sum under ``"loss"``."""
+        """Return each loss term and their sum under ``"loss"``; the global branch's terms only when its outputs
+        are there (``autoencoder_start``)."""
         losses = {"loss_hard": hard_feature_loss(features.teacher, features.student, self.hard_quantile)}
         if features.student_penalty is not None:
             losses["loss_penalty"] = features.student_penalty.pow(2).mean()
-        losses["loss_ae"] = (features.teacher_augmented - features.autoencoder_augmented).pow(2).mean()
-        losses["loss_stae"] = (features.autoencoder_augmented - features.student_augmented).pow(2).mean()
+        if features.autoencoder_augmented is not None:
+            losses["loss_ae"] = (features.teacher_augmented - features.autoencoder_augmented).pow(2).mean()
+            losses["loss_stae"] = (features.autoencoder_augmented - features.student_augmented).pow(2).mean()
         losses["loss"] = torch.stack(list(losses.values())).sum()
         return losses

@@ -28,9 +28,10 @@ class TrainingFeatures(NamedTuple):
     teacher: torch.Tensor
     student: torch.Tensor  # the student's teacher-mimicking channels on the training image
     student_penalty: torch.Tensor | None  # the same channels on the penalty image, ``None`` without a penalty set
-    teacher_augmented: torch.Tensor
-    autoencoder_augmented: torch.Tensor
-    student_augmented: torch.Tensor  # the student's autoencoder-mimicking channels on the augmented image
+    # The global branch's outputs on the augmented image, ``None`` in steps that do not train the autoencoder
+    teacher_augmented: torch.Tensor | None
+    autoencoder_augmented: torch.Tensor | None
+    student_augmented: torch.Tensor | None  # the student's autoencoder-mimicking channels on the augmented image
 
 
 class EfficientAdPluginModel(nn.Module):
@@ -107,33 +108,39 @@ class EfficientAdPluginModel(nn.Module):
     def training_features(
         self,
         images: torch.Tensor,
-        augmented_images: torch.Tensor,
+        augmented_images: torch.Tensor | None,
         penalty_images: torch.Tensor | None,
         teacher: torch.Tensor | None = None,
     ) -> TrainingFeatures:
         """Every network output the training losses need, in fp32 also under mixed precision.
 
         ``teacher`` is ``teacher_features(images)`` when it is already known (a cached output); the teacher's pass
-        on the augmented images is never cacheable, as the augmentation is drawn anew at every step.
+        on the augmented images is never cacheable, as the augmentation is drawn anew at every step. Without
+        ``augmented_images`` the global branch's passes (teacher, autoencoder, student) are skipped.
         """
         images = self._imagenet_normalise(images)
         if teacher is None:
             teacher = self._teacher_features(images)
-        augmented_images = self._imagenet_normalise(augmented_images)
         # One student pass for all images; each gets only the channels its loss uses.
-        inputs, channels = [images, augmented_images], [_TEACHER_MIMICKING, _AUTOENCODER_MIMICKING]
+        inputs, channels = [images], [_TEACHER_MIMICKING]
+        if augmented_images is not None:
+            augmented_images = self._imagenet_normalise(augmented_images)
+            inputs.append(augmented_images)
+            channels.append(_AUTOENCODER_MIMICKING)
         if penalty_images is not None:
             inputs.append(self._imagenet_normalise(penalty_images))
             channels.append(_TEACHER_MIMICKING)
-        student, student_augmented, *student_penalty = self.student.partial_outputs(
-            inputs, channels, measure=self.measure_student_pass)
+        outputs = self.student.partial_outputs(inputs, channels, measure=self.measure_student_pass)
+        student, student_penalty = outputs[0], outputs[-1] if penalty_images is not None else None
+        global_branch: tuple[torch.Tensor | None, ...] = (None, None, None)
+        if augmented_images is not None:
+            global_branch = (self._teacher_features(augmented_images),
+                             self.autoencoder(augmented_images).float(), outputs[1].float())
         return TrainingFeatures(
-            teacher=teacher,
-            student=student.float(),
-            student_penalty=student_penalty[0].float() if student_penalty else None,
-            teacher_augmented=self._teacher_features(augmented_images),
-            autoencoder_augmented=self.autoencoder(augmented_images).float(),
-            student_augmented=student_augmented.float(),
+            teacher,
+            student.float(),
+            student_penalty.float() if student_penalty is not None else None,
+            *global_branch,
         )
 
     def raw_maps(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
