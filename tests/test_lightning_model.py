@@ -379,6 +379,21 @@ def test_checkpoint_from_before_branch_weights_loads_with_the_paper_average(
     assert restored.branch_choice is None
 
 
+def test_native_checkpoint_without_global_view_statistics_loads_with_the_full_size_ones(
+        trained_checkpoint: tuple[Path, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    category, checkpoint = trained_checkpoint  # a state dict as native mode saved it before the global statistics
+    native = EfficientAdPlugin(teacher_weights="untrained", penalty_dir=None, local_size="native", evaluator=False,
+                               visualizer=False)
+    datamodule = MVTecAD(root=category.parent, category=category.name, train_batch_size=1, eval_batch_size=1,
+                         num_workers=0, val_split_mode="from_train", val_split_ratio=0.2, seed=0)
+    with caplog.at_level(logging.WARNING, logger="efficientad_plugin"):
+        _engine(tmp_path).test(native, datamodule, ckpt_path=checkpoint)
+    assert torch.equal(native.model.global_teacher_mean, native.model.teacher_mean)
+    assert torch.equal(native.model.global_teacher_std, native.model.teacher_std)
+    assert not torch.isnan(native.model.teacher_mean).any()
+    assert any("no teacher statistics of the global branch's view" in record.message for record in caplog.records)
+
+
 def test_native_mode_pre_processor_and_model() -> None:
     native = EfficientAdPlugin(teacher_weights="untrained", local_size="native")
     assert native.pre_processor.transform is None and native.model.native  # each image at its own size

@@ -359,8 +359,10 @@ def test_teacher_statistics_stay_fp32_under_mixed_precision() -> None:
 def test_native_mode_scores_the_image_at_its_size_and_the_global_branch_at_image_size() -> None:
     torch.manual_seed(0)
     native = EfficientAdPluginModel("small", (256, 256), native=True).eval()
-    native.teacher_mean.zero_()
-    native.teacher_std.fill_(1.0)
+    for mean, std in ((native.teacher_mean, native.teacher_std),
+                      (native.global_teacher_mean, native.global_teacher_std)):
+        mean.zero_()
+        std.fill_(1.0)
     image = torch.rand(1, 3, 330, 290)
     with torch.no_grad():
         st_map, ae_map, learnt = native.maps_and_learning(image)
@@ -375,6 +377,33 @@ def test_native_mode_scores_the_image_at_its_size_and_the_global_branch_at_image
         assert native(image).anomaly_map.shape == (1, 1, 330, 290)
         # on images of image_size the native model is the default one
         default = EfficientAdPluginModel("small", (256, 256)).eval()
-        default.load_state_dict(native.state_dict())
+        default.load_state_dict({name: value for name, value in native.state_dict().items()
+                                 if not name.startswith("global_teacher_")})
         images = torch.rand(2, 3, 256, 256)
         assert torch.allclose(native(images).anomaly_map, default(images).anomaly_map, atol=1e-6)
+
+
+def test_native_mode_standardises_the_global_view_with_its_own_teacher_statistics() -> None:
+    torch.manual_seed(0)
+    native = EfficientAdPluginModel("small", (256, 256), native=True)
+    batches = [torch.rand(1, 3, 400, 300), torch.rand(1, 3, 320, 352)]
+    assert not native.has_teacher_statistics
+    native.fit_teacher_statistics(iter(batches))  # one pass over a one-pass iterable
+    assert native.has_teacher_statistics
+    with torch.no_grad():
+        full = [native.teacher(_normalise(batch)) for batch in batches]
+        views = torch.cat([native.teacher(_normalise(native.resized(batch))) for batch in batches])
+    full_values = torch.cat([output.flatten(2) for output in full], dim=2)  # sizes differ: pixels side by side
+    torch.testing.assert_close(native.teacher_mean.flatten(), full_values.mean(dim=(0, 2)), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(native.global_teacher_mean.flatten(), views.mean(dim=(0, 2, 3)), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(native.global_teacher_std.flatten(), views.std(dim=(0, 2, 3), unbiased=False),
+                               atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(native.global_teacher_mean, native.teacher_mean, atol=1e-3)
+    # the autoencoder's targets in training are standardised with the global view's statistics
+    view = native.resized(batches[0])
+    features = native.training_features(batches[0][..., :256, :256], view, None)
+    with torch.no_grad():
+        expected = (native.teacher(_normalise(view)) - native.global_teacher_mean) / native.global_teacher_std
+    torch.testing.assert_close(features.teacher_augmented, expected, atol=1e-5, rtol=1e-5)
+    # a default model has no such statistics: its state dict is unchanged
+    assert "global_teacher_mean" not in EfficientAdPluginModel("small", (256, 256)).state_dict()

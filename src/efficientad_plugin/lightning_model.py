@@ -253,6 +253,7 @@ class EfficientAdPlugin(AnomalibModule):
         """
         super().on_load_checkpoint(checkpoint)
         add_missing_branch_weights(checkpoint.get("state_dict", {}), "model.anomaly_map_generator.")
+        self._add_missing_global_statistics(checkpoint.get("state_dict", {}))
         choice = checkpoint.get("branch_choice")  # None in checkpoints from before branch weights (0.5 / 0.5)
         self.branch_choice = None if choice is None else BranchChoice.from_dict(choice)
         keep_position_only(checkpoint.get("lr_schedulers", []))  # the schedule follows this run's max_steps
@@ -266,6 +267,18 @@ class EfficientAdPlugin(AnomalibModule):
             callback_state.pop(key.removeprefix("evaluator."), None)
         if foreign:
             logger.info("Ignoring metric states that this model's evaluator lacks: %s", ", ".join(sorted(set(foreign))))
+
+    def _add_missing_global_statistics(self, state_dict: dict[str, torch.Tensor]) -> None:
+        """A native-mode checkpoint from before the global view had its own teacher statistics used the full-size
+        images' for both branches: load it so, with a warning (its autoencoder learnt from those targets)."""
+        if not self.model.native or "model.teacher_mean" not in state_dict:
+            return
+        missing = [name for name in ("mean", "std") if f"model.global_teacher_{name}" not in state_dict]
+        for name in missing:
+            state_dict[f"model.global_teacher_{name}"] = state_dict[f"model.teacher_{name}"].clone()
+        if missing:
+            logger.warning("This native-mode checkpoint has no teacher statistics of the global branch's view: "
+                           "using the full-size ones, as it was trained. Retrain for a global branch that learns.")
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """anomalib's components, and the branch weights' choice with its reasons (the weights are a buffer)."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from typing import NamedTuple
 
 import torch
@@ -13,7 +13,7 @@ from torch.nn import functional as F  # noqa: N812
 from .anomaly_map import AnomalyMapGenerator, channel_mean_squared_error
 from .autoencoder import AutoEncoder, check_image_size
 from .pdn import TEACHER_CHANNELS, PatchDescriptionNetwork
-from .statistics import channel_statistics
+from .statistics import ChannelStatistics
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -60,21 +60,31 @@ class EfficientAdPluginModel(nn.Module):
         self.measure_student_pass = False
         self.register_buffer("teacher_mean", torch.full((1, TEACHER_CHANNELS, 1, 1), torch.nan))
         self.register_buffer("teacher_std", torch.full((1, TEACHER_CHANNELS, 1, 1), torch.nan))
+        if native:  # the teacher's statistics on the global branch's view (the image resized to image_size)
+            self.register_buffer("global_teacher_mean", torch.full((1, TEACHER_CHANNELS, 1, 1), torch.nan))
+            self.register_buffer("global_teacher_std", torch.full((1, TEACHER_CHANNELS, 1, 1), torch.nan))
         self.register_buffer("imagenet_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("imagenet_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
     @property
     def has_teacher_statistics(self) -> bool:
         """Whether the teacher's channel mean and std have been computed."""
-        return not bool(torch.isnan(self.teacher_mean).any() or torch.isnan(self.teacher_std).any())
+        buffers = [self.teacher_mean, self.teacher_std]
+        if self.native:
+            buffers += [self.global_teacher_mean, self.global_teacher_std]
+        return not any(bool(torch.isnan(buffer).any()) for buffer in buffers)
 
     def _imagenet_normalise(self, images: torch.Tensor) -> torch.Tensor:
         return (images - self.imagenet_mean) / self.imagenet_std
 
-    def _teacher_features(self, normalised_images: torch.Tensor) -> torch.Tensor:
+    def _teacher_features(self, normalised_images: torch.Tensor, global_view: bool = False) -> torch.Tensor:
+        """Standardised teacher outputs; ``global_view``: of the global branch's view (own statistics in native)."""
+        mean, std = self.teacher_mean, self.teacher_std
+        if global_view and self.native:
+            mean, std = self.global_teacher_mean, self.global_teacher_std
         with torch.no_grad():
             # float(): under mixed precision the teacher may run in bf16; the normalised targets stay fp32
-            return (self.teacher(normalised_images).float() - self.teacher_mean) / self.teacher_std
+            return (self.teacher(normalised_images).float() - mean) / std
 
     def teacher_features(self, images: torch.Tensor) -> torch.Tensor:
         """The teacher's output on images in [0, 1], normalised per channel (fp32, no gradient)."""
@@ -82,28 +92,29 @@ class EfficientAdPluginModel(nn.Module):
 
     @torch.no_grad()
     def fit_teacher_statistics(self, images: Iterable[torch.Tensor]) -> None:
-        """Per-channel mean and std of the teacher over ``images`` (``statistics.channel_statistics``)."""
+        """Per-channel mean and std of the teacher over ``images`` (``statistics.ChannelStatistics``).
+
+        In native mode also over the images resized to ``image_size``, the global branch's view: the teacher's
+        features there differ from those at full size, and the autoencoder's targets must be standardised too.
+        """
         device = self.teacher_mean.device
-
-        seen, finished = 0, False
-
-        def teacher_outputs() -> Iterator[torch.Tensor]:
-            nonlocal seen, finished
-            for batch in images:
-                seen += 1
-                with torch.autocast(device.type, enabled=False):  # fp32 statistics also in a mixed-precision run
-                    yield self.teacher(self._imagenet_normalise(batch.to(device)))
-            finished = True
-
-        try:
-            mean, std = channel_statistics(teacher_outputs())
-        except ValueError as error:
-            if seen or not finished:  # an error of the images themselves (e.g. too small), not an empty set
-                raise
+        views = {"local": ChannelStatistics(), "global": ChannelStatistics()}
+        for batch in images:
+            batch = batch.to(device)
+            with torch.autocast(device.type, enabled=False):  # fp32 statistics also in a mixed-precision run
+                views["local"].update(self.teacher(self._imagenet_normalise(batch)))
+                if self.native:
+                    views["global"].update(self.teacher(self._imagenet_normalise(self.resized(batch))))
+        if not views["local"].count:
             msg = "Cannot compute the teacher's channel statistics: the training set is empty."
-            raise ValueError(msg) from error
-        self.teacher_mean.copy_(mean.view_as(self.teacher_mean))
-        self.teacher_std.copy_(std.view_as(self.teacher_std))
+            raise ValueError(msg)
+        buffers = {"local": (self.teacher_mean, self.teacher_std)}
+        if self.native:
+            buffers["global"] = (self.global_teacher_mean, self.global_teacher_std)
+        for view, (mean_buffer, std_buffer) in buffers.items():
+            mean, std = views[view].compute()
+            mean_buffer.copy_(mean.view_as(mean_buffer))
+            std_buffer.copy_(std.view_as(std_buffer))
 
     def training_features(
         self,
@@ -134,7 +145,7 @@ class EfficientAdPluginModel(nn.Module):
         student, student_penalty = outputs[0], outputs[-1] if penalty_images is not None else None
         global_branch: tuple[torch.Tensor | None, ...] = (None, None, None)
         if augmented_images is not None:
-            global_branch = (self._teacher_features(augmented_images),
+            global_branch = (self._teacher_features(augmented_images, global_view=True),
                              self.autoencoder(augmented_images).float(), outputs[1].float())
         return TrainingFeatures(
             teacher,
@@ -181,7 +192,8 @@ class EfficientAdPluginModel(nn.Module):
         ae_map = channel_mean_squared_error(autoencoder, student_global)
         if not autoencoder_error:
             return st_map, ae_map, None
-        return st_map, ae_map, channel_mean_squared_error(self._teacher_features(global_), autoencoder)
+        return st_map, ae_map, channel_mean_squared_error(self._teacher_features(global_, global_view=True),
+                                                          autoencoder)
 
     def maps_and_learning(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``raw_maps`` and, per image, how much each network has learnt of the teacher: ``[B, 2]``.

@@ -8,7 +8,8 @@ variant ends, and the wall time a 70,000-step run would take at that speed. Prin
 ratios; writes JSON.
 
 With --native_size N the images are N x N and a third variant trains in native-resolution mode (local_size
-native: 256-px crops, the autoencoder on the whole image at 256) beside the plugin resizing them to 256.
+native: 256-px crops, the autoencoder on the whole image at 256) beside the plugin resizing them to 256. With
+--local_only another variant times the steps before ``autoencoder_start``, which train the local branch only.
 
 example: efficientad-bench-train --steps 25 --precisions 32 bf16-mixed --output docs/bench_train.json
 """
@@ -32,6 +33,7 @@ from efficientad_plugin.cli import console_command
 PAPER_STEPS = 70_000
 MODELS = ("EfficientAdPlugin", "EfficientAd")
 NATIVE_VARIANT = "EfficientAdPlugin native"
+LOCAL_ONLY_VARIANT = "EfficientAdPlugin local-only"
 
 
 def _prepare(workdir: Path, size: int, train_images: int) -> None:
@@ -89,9 +91,11 @@ def run_variant(model_name: str, precision: str, workdir: Path, steps: int, warm
     total = warmup + steps
     teacher = workdir / "cache" / "anomalib" / "pre_trained" / "efficientad_pretrained_weights"
     if model_name.startswith("EfficientAdPlugin"):
+        # local-only: autoencoder_start past the last step (global_step total - 1 < total - 0.5)
         model = EfficientAdPlugin(teacher_weights=str(teacher / "pretrained_teacher_small.pth"),
                                   penalty_dir=str(workdir / "penalty"), max_steps=total,
-                                  local_size="native" if model_name == NATIVE_VARIANT else None)
+                                  local_size="native" if model_name == NATIVE_VARIANT else None,
+                                  autoencoder_start=1 - 0.5 / total if model_name == LOCAL_ONLY_VARIANT else 0.0)
     else:
         from anomalib.models import EfficientAd
 
@@ -114,6 +118,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--warmup", type=int, help="untimed first steps (default: one epoch)")
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--native_size", type=int, help="N x N images, and the plugin in native mode beside")
+    parser.add_argument("--local_only", action="store_true",
+                        help="also time the plugin's local-only steps (before autoencoder_start)")
     parser.add_argument("--train-images", type=int, default=10, help="generated training images, 10 %% of them "
                         "held out for validation (default: 10)")
     parser.add_argument("--accelerator", default="cpu", help="Lightning accelerator (default: cpu)")
@@ -136,7 +142,8 @@ def main(argv: list[str] | None = None) -> dict:
         _prepare(workdir, args.native_size or args.size, args.train_images)
         environment = {**os.environ, "XDG_CACHE_HOME": str(workdir / "cache")}
         for precision in args.precisions:
-            for model_name in (*MODELS, NATIVE_VARIANT) if args.native_size else MODELS:
+            extra = ((NATIVE_VARIANT,) if args.native_size else ()) + ((LOCAL_ONLY_VARIANT,) if args.local_only else ())
+            for model_name in (*MODELS, *extra):
                 arguments = ["--steps", args.steps, "--accelerator", args.accelerator,
                              "--variant", model_name, precision, workdir]
                 if args.warmup is not None:
@@ -166,6 +173,10 @@ def main(argv: list[str] | None = None) -> dict:
     if native in results:
         ratios["plugin native / plugin resized steps per second"] = (
             results[native]["steps_per_second"] / results[resized]["steps_per_second"])
+    local_only = f"{LOCAL_ONLY_VARIANT} {args.precisions[0]}"
+    if local_only in results:
+        ratios["plugin local-only / plugin steps per second"] = (
+            results[local_only]["steps_per_second"] / results[resized]["steps_per_second"])
     report = {"steps": args.steps, "warmup": args.warmup, "size": args.size, "native_size": args.native_size,
               "train_images": args.train_images,
               "accelerator": args.accelerator, "results": results, "ratios": ratios}
