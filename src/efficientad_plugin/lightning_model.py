@@ -418,12 +418,13 @@ class EfficientAdPlugin(AnomalibModule):
         if self.penalty_images is not None:
             penalty = self.penalty_images.sample(self.global_step, torch.initial_seed()).to(batch.image)
         generator = step_generator(torch.initial_seed(), self.global_step, AUGMENTATION_STREAM)
-        images = whole = batch.image
+        images = batch.image
         if self.local_size is not None:  # native mode: the student-teacher loss on a crop, the rest on the whole
-            self._check_native_size(whole, batch)
-            images, whole = random_crop(whole, self.image_size, generator), self.model.resized(whole)
-        augmented = None
+            self._check_native_size(images, batch)
+            images = random_crop(images, self.image_size, generator)
+        augmented = None  # the global branch's input, from autoencoder_start on
         if self.global_step >= self.autoencoder_start * self.max_steps:
+            whole = batch.image if self.local_size is None else self.model.resized(batch.image)
             augmented = random_color_adjustment(whole, generator)
         teacher = None
         if self.teacher_cache is not None:

@@ -98,21 +98,20 @@ class EfficientAdPluginModel(nn.Module):
         features there differ from those at full size, and the autoencoder's targets must be standardised too.
         """
         device = self.teacher_mean.device
-        views = {"local": ChannelStatistics(), "global": ChannelStatistics()}
+        # (statistics, the view the teacher sees, its buffers)
+        targets = [(ChannelStatistics(), None, self.teacher_mean, self.teacher_std)]
+        if self.native:
+            targets.append((ChannelStatistics(), self.resized, self.global_teacher_mean, self.global_teacher_std))
         for batch in images:
             batch = batch.to(device)
             with torch.autocast(device.type, enabled=False):  # fp32 statistics also in a mixed-precision run
-                views["local"].update(self.teacher(self._imagenet_normalise(batch)))
-                if self.native:
-                    views["global"].update(self.teacher(self._imagenet_normalise(self.resized(batch))))
-        if not views["local"].count:
+                for statistics, view, *_ in targets:
+                    statistics.update(self.teacher(self._imagenet_normalise(view(batch) if view else batch)))
+        if not targets[0][0].count:
             msg = "Cannot compute the teacher's channel statistics: the training set is empty."
             raise ValueError(msg)
-        buffers = {"local": (self.teacher_mean, self.teacher_std)}
-        if self.native:
-            buffers["global"] = (self.global_teacher_mean, self.global_teacher_std)
-        for view, (mean_buffer, std_buffer) in buffers.items():
-            mean, std = views[view].compute()
+        for statistics, _, mean_buffer, std_buffer in targets:
+            mean, std = statistics.compute()
             mean_buffer.copy_(mean.view_as(mean_buffer))
             std_buffer.copy_(std.view_as(std_buffer))
 
