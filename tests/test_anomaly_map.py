@@ -165,3 +165,29 @@ def test_native_maps_on_two_grids_meet_at_the_images_size_and_equal_the_default_
     assert abs(int(peak[0]) - 4 * (76 + 4.5)) <= 1  # the local hot spot lands where it is on the image
     # paper weights: half of the normalised (x 0.1) local map; the global map (at q_a everywhere) adds nothing
     assert torch.allclose(combined, 0.5 * native._to_image(0.1 * local, (640, 640)))
+
+
+def test_smoothing_is_off_by_default_and_keeps_sigma_out_of_the_state_dict() -> None:
+    anomaly_map = torch.rand(2, 1, 20, 24, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(AnomalyMapGenerator().smooth(anomaly_map), anomaly_map)  # the paper: no smoothing
+    smoothing = AnomalyMapGenerator(native=True, smoothing_sigma=4.0)
+    assert set(smoothing.state_dict()) == set(AnomalyMapGenerator(native=True).state_dict())
+    smoothing.load_state_dict(AnomalyMapGenerator(native=True).state_dict())  # a sigma can be set after training
+
+
+def test_smoothing_spreads_a_peak_by_its_sigma_and_keeps_the_mass_and_size() -> None:
+    peak = torch.zeros(1, 1, 41, 53)
+    peak[0, 0, 20, 26] = 1.0
+    for sigma in (1.0, 4.0):
+        smoothed = AnomalyMapGenerator(smoothing_sigma=sigma).smooth(peak)
+        assert smoothed.shape == peak.shape
+        assert float(smoothed.sum()) == pytest.approx(1.0, abs=1e-4)  # far from the border: nothing reflected
+        row = smoothed[0, 0, 20]
+        variance = float((row / row.sum() * (torch.arange(53) - 26.0) ** 2).sum())
+        assert variance == pytest.approx(sigma**2, rel=0.05)
+
+
+@pytest.mark.parametrize("sigma", [-1.0, float("nan")])
+def test_a_bad_sigma_is_refused_by_name(sigma: float) -> None:
+    with pytest.raises(ValueError, match="map_smoothing_sigma"):
+        AnomalyMapGenerator(smoothing_sigma=sigma)

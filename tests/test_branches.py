@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from efficientad_plugin.anomaly_map import PAPER_BRANCH_WEIGHTS
+from efficientad_plugin.anomaly_map import PAPER_BRANCH_WEIGHTS, AnomalyMapGenerator
 from efficientad_plugin.branches import (
     AUTOENCODER_LEARNT,
     MARGIN,
@@ -142,6 +142,21 @@ def test_branch_metrics_report_each_branch_and_the_average() -> None:
     without_masks = BranchMetrics()
     without_masks.update(local, global_, torch.tensor([0, 0, 1, 1]), None)
     assert set(without_masks.compute()) == {"local_image_AUROC", "global_image_AUROC", "paper_image_AUROC"}
+
+
+def test_branch_metrics_smooth_the_maps_but_score_the_unsmoothed_maxima() -> None:
+    local = torch.zeros(4, 1, 32, 32)
+    masks = torch.zeros(4, 32, 32)
+    masks[2:, 8:24, 8:24] = 1
+    local[2:, 0, 15:17, 15:17] = 2.0  # a small peak in the middle of a large box
+    local[1, 0, 3, 3] = 1.0  # a normal image's single hot pixel: above the defects' smoothed peak, below their own
+    labels = torch.tensor([0, 0, 1, 1])
+    plain, smoothed = BranchMetrics(), BranchMetrics()
+    plain.update(local, torch.zeros_like(local), labels, masks)
+    smoothed.update(local, torch.zeros_like(local), labels, masks, smooth=AnomalyMapGenerator(smoothing_sigma=4).smooth)
+    plain_values, smoothed_values = plain.compute(), smoothed.compute()
+    assert smoothed_values["local_image_AUROC"] == plain_values["local_image_AUROC"] == pytest.approx(1.0)
+    assert smoothed_values["local_pixel_AUPRO"] > plain_values["local_pixel_AUPRO"] + 0.1  # the box is covered
 
 
 def test_branch_metrics_rank_scores_across_batches_on_one_scale() -> None:

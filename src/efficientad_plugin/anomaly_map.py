@@ -4,12 +4,22 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from anomalib.models.components import GaussianBlur2d
 from torch.nn import functional as F  # noqa: N812
 
 QUANTILE_START = 0.9  # q_a, mapped to 0
 QUANTILE_END = 0.995  # q_b, mapped to 0.1
 MAP_PADDING = 4  # the unpadded PDN output misses 16 input px per side: 4 px at its stride of 4
 PAPER_BRANCH_WEIGHTS = (0.5, 0.5)  # (local, global): the paper's average of the two normalised maps
+
+
+def check_smoothing_sigma(sigma: float) -> float:
+    """``sigma`` if it is a valid ``map_smoothing_sigma`` (0 or a positive number of pixels), else a clear error."""
+    if not sigma >= 0:  # also refuses NaN
+        msg = (f"map_smoothing_sigma must be 0 (no smoothing, the paper) or a positive number of pixels, got {sigma}; "
+               "anomalib's PatchCore smooths its maps with 4.")
+        raise ValueError(msg)
+    return float(sigma)
 
 
 def channel_mean_squared_error(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
@@ -36,11 +46,20 @@ class AnomalyMapGenerator(nn.Module):
     With ``native`` the two maps come on different grids (the local one from the image at its own size, the global
     one from the image at ``image_size``): each is upsampled to the image's size before they are combined, which
     for maps on one grid gives the same map as combining first (padding and bilinear upsampling are linear).
+    ``smoothing_sigma`` (pixels of the map at the image's size) sets a Gaussian that ``smooth`` applies to a finished
+    map, as anomalib's PatchCore smooths its maps (sigma 4); 0 (the paper) smooths nothing. Its kernel follows from
+    the sigma and stays out of the state dict, so the smoothing of a trained model can be changed.
     """
 
-    def __init__(self, native: bool = False) -> None:
+    def __init__(self, native: bool = False, smoothing_sigma: float = 0.0) -> None:
         super().__init__()
         self.native = native
+        self.smoothing_sigma = check_smoothing_sigma(smoothing_sigma)
+        self.blur: GaussianBlur2d | None = None
+        if smoothing_sigma > 0:
+            # anomalib's blur (reflect padding, kernel of +-4 sigma), exportable with dynamic H/W
+            self.blur = GaussianBlur2d(sigma=smoothing_sigma, channels=1)
+            self.blur.register_buffer("kernel", self.blur.kernel, persistent=False)
         self.register_buffer("st_quantiles", torch.full((2,), torch.nan))
         self.register_buffer("ae_quantiles", torch.full((2,), torch.nan))
         self.register_buffer("branch_weights", torch.tensor(PAPER_BRANCH_WEIGHTS))
@@ -78,6 +97,10 @@ class AnomalyMapGenerator(nn.Module):
     @staticmethod
     def _to_image(anomaly_map: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:
         return F.interpolate(F.pad(anomaly_map, [MAP_PADDING] * 4), size=image_size, mode="bilinear")
+
+    def smooth(self, anomaly_map: torch.Tensor) -> torch.Tensor:
+        """``anomaly_map`` ``[B, 1, H, W]`` smoothed with ``smoothing_sigma`` (unchanged when it is 0)."""
+        return anomaly_map if self.blur is None else self.blur(anomaly_map)
 
     def branch_maps(self, st_map: torch.Tensor, ae_map: torch.Tensor,
                     image_size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -24,7 +24,7 @@ anomalib has no such rule; the generator is anomalib's.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 
 import torch
@@ -178,17 +178,22 @@ class BranchMetrics:
                         for name in CANDIDATES}
 
     def update(self, local: torch.Tensor, global_: torch.Tensor, gt_label: torch.Tensor | None,
-               gt_mask: torch.Tensor | None) -> None:
-        """Add a batch: normalised maps ``[B, 1, H, W]`` at the image's size, labels ``[B]`` and masks ``[B, H, W]``."""
+               gt_mask: torch.Tensor | None,
+               smooth: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
+        """Add a batch: normalised maps ``[B, 1, H, W]`` at the image's size, labels ``[B]`` and masks ``[B, H, W]``.
+
+        ``smooth`` (the model's map smoothing) applies to the maps the pixel metrics see; scores are the maxima of
+        the unsmoothed maps, as the model's are."""
         if gt_label is None:
             return
         from types import SimpleNamespace
 
         for name, (first, second) in CANDIDATES.items():
-            anomaly_map = _into_unit_interval((first * local + second * global_).detach().cpu())
-            pixels = anomaly_map.squeeze(1)
+            combined = (first * local + second * global_).detach()
+            score = torch.amax(_into_unit_interval(combined.cpu()), dim=(-3, -2, -1))
+            pixels = _into_unit_interval((smooth(combined) if smooth else combined).cpu()).squeeze(1)
             # labels and masks as integers: torchmetrics refuses float targets (anomalib's batches hold bool)
-            batch = SimpleNamespace(pred_score=torch.amax(pixels, dim=(1, 2)), gt_label=gt_label.cpu().int(),
+            batch = SimpleNamespace(pred_score=score, gt_label=gt_label.cpu().int(),
                                     anomaly_map=pixels,
                                     gt_mask=None if gt_mask is None else gt_mask.cpu().reshape(pixels.shape).int())
             for metric in self.metrics[name]:

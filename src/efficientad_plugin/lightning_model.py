@@ -20,7 +20,7 @@ from torch.nn import functional as F  # noqa: N812
 from torch.utils.data import DataLoader
 from torchvision.transforms.v2 import Compose, Resize
 
-from .anomaly_map import MAP_PADDING, add_missing_branch_weights
+from .anomaly_map import MAP_PADDING, add_missing_branch_weights, check_smoothing_sigma
 from .augmentation import random_color_adjustment, random_crop
 from .autoencoder import check_image_size
 from .branches import (
@@ -120,6 +120,10 @@ class EfficientAdPlugin(AnomalibModule):
             step trains the student's teacher-mimicking half only (hard loss and penalty) and skips the passes of
             the teacher, autoencoder and student on the augmented image, about a third of a step's arithmetic.
             ``0`` (default) is the paper: every loss from the first step.
+        map_smoothing_sigma: standard deviation in pixels (of the map at the scored image's size) of a Gaussian
+            that smooths the anomaly map, as anomalib's PatchCore does with 4; the image score stays the unsmoothed
+            map's maximum. ``0`` (default) is the paper: no smoothing. Applied after training, exported, and may
+            differ from the sigma a checkpoint was evaluated with.
         max_image_megapixels: refuse (naming the image) to score an image larger than this in native mode, before
             it can exhaust memory: scoring needs about ``MIB_PER_MEGAPIXEL`` MiB per megapixel in fp32.
         pre_processor, post_processor, evaluator, visualizer: anomalib components, or ``True`` for the defaults.
@@ -142,6 +146,7 @@ class EfficientAdPlugin(AnomalibModule):
         local_size: str | tuple[int, int] | None = None,
         autoencoder_start: float = 0.0,
         max_image_megapixels: float = 16.0,
+        map_smoothing_sigma: float = 0.0,
         pre_processor: PreProcessor | bool = True,
         post_processor: torch.nn.Module | bool = True,
         evaluator: Any = True,  # noqa: ANN401 (anomalib's Evaluator | bool)
@@ -165,6 +170,7 @@ class EfficientAdPlugin(AnomalibModule):
             msg = (f"autoencoder_start must be a share of max_steps in [0, 1), got {autoencoder_start}: the "
                    "autoencoder has to train for some steps. 0 trains it from the first step, as the paper does.")
             raise ValueError(msg)
+        check_smoothing_sigma(map_smoothing_sigma)
         if max_image_megapixels <= 0:
             msg = f"max_image_megapixels must be positive, got {max_image_megapixels}."
             raise ValueError(msg)
@@ -197,7 +203,9 @@ class EfficientAdPlugin(AnomalibModule):
         self.local_size = local_size
         self.autoencoder_start = autoencoder_start
         self.max_image_megapixels = max_image_megapixels
-        self.model = EfficientAdPluginModel(model_size, image_size, native=local_size is not None)
+        self.map_smoothing_sigma = map_smoothing_sigma
+        self.model = EfficientAdPluginModel(model_size, image_size, native=local_size is not None,
+                                            map_smoothing_sigma=map_smoothing_sigma)
         self.loss = EfficientAdLoss()
         self.penalty_images: PenaltyImages | None = None
 
@@ -544,7 +552,8 @@ class EfficientAdPlugin(AnomalibModule):
                              gt_mask=None if batch.gt_mask is None else F.interpolate(
                                  batch.gt_mask[:, None].float(), size=self._metric_size, mode="nearest")[:, 0] > 0)
         if self.branch_metrics is not None:
-            self.branch_metrics.update(*branch_maps, batch.gt_label, batch.gt_mask)
+            self.branch_metrics.update(*branch_maps, batch.gt_label, batch.gt_mask,
+                                       smooth=self.model.anomaly_map_generator.smooth)
         return batch.update(**prediction)
 
     def on_test_start(self) -> None:

@@ -42,11 +42,12 @@ class EfficientAdPluginModel(nn.Module):
 
     With ``native`` the inputs may have any size of at least ``image_size``: the local (student-teacher) branch runs
     on them as they are, the global (autoencoder) branch on them resized to ``image_size``, and each branch's map is
-    upsampled to the input's size before they are combined.
+    upsampled to the input's size before they are combined. ``map_smoothing_sigma`` smooths the anomaly map
+    (``AnomalyMapGenerator``); the image score stays the unsmoothed map's maximum, as in the paper.
     """
 
     def __init__(self, model_size: str = "small", image_size: tuple[int, int] = (256, 256),
-                 native: bool = False) -> None:
+                 native: bool = False, map_smoothing_sigma: float = 0.0) -> None:
         super().__init__()
         self.image_size = check_image_size(image_size)
         self.native = native
@@ -54,7 +55,7 @@ class EfficientAdPluginModel(nn.Module):
         self.teacher.requires_grad_(False)
         self.student = PatchDescriptionNetwork(model_size, 2 * TEACHER_CHANNELS)
         self.autoencoder = AutoEncoder(self.image_size, TEACHER_CHANNELS)
-        self.anomaly_map_generator = AnomalyMapGenerator(native)
+        self.anomaly_map_generator = AnomalyMapGenerator(native, map_smoothing_sigma)
         # on CPU, time the student's batched and per-image training passes once and use the faster (pdn.py); the
         # Lightning model turns it on for runs long enough to repay the seconds it costs
         self.measure_student_pass = False
@@ -213,4 +214,5 @@ class EfficientAdPluginModel(nn.Module):
     def prediction(self, st_map: torch.Tensor, ae_map: torch.Tensor, image_size: tuple[int, int]) -> InferenceBatch:
         """The anomaly map and image score from ``raw_maps``' output (for callers that also use the raw maps)."""
         anomaly_map = self.anomaly_map_generator(st_map, ae_map, image_size)
-        return InferenceBatch(pred_score=torch.amax(anomaly_map, dim=(-2, -1)), anomaly_map=anomaly_map)
+        return InferenceBatch(pred_score=torch.amax(anomaly_map, dim=(-2, -1)),
+                              anomaly_map=self.anomaly_map_generator.smooth(anomaly_map))

@@ -163,3 +163,22 @@ def test_branch_weights_are_part_of_the_exported_graph(trained_checkpoint: tuple
     exported = OpenVinoDetector(xml, precision="f32").predict(image).anomaly_map
     assert np.abs(exported - local).max() <= 1e-3  # normalised map units; the paper's average is further off
     assert np.abs(exported - paper).max() > 1e-3
+
+
+def test_map_smoothing_is_part_of_the_exported_graph_and_leaves_the_score(trained_checkpoint: tuple[Path, Path],
+                                                                           tmp_path: Path) -> None:
+    """A sigma given to a trained model smooths its map in torch and in OpenVINO; the score stays the paper's."""
+    category, checkpoint = trained_checkpoint
+    plain = EfficientAdPlugin.load_from_checkpoint(checkpoint).eval()
+    smoothing = EfficientAdPlugin.load_from_checkpoint(checkpoint, map_smoothing_sigma=4.0).eval()
+    image = np.asarray(Image.open(next((category / "test").rglob("*.png"))).convert("RGB"), dtype=np.float32) / 255
+    pixels = torch.from_numpy(image).permute(2, 0, 1)[None]
+    with torch.no_grad():
+        unsmoothed, smoothed = plain(pixels), smoothing(pixels)
+    assert torch.equal(smoothed.pred_score, unsmoothed.pred_score)
+    assert float((smoothed.anomaly_map - unsmoothed.anomaly_map).abs().max()) > 1e-3
+    engine = Engine(default_root_dir=tmp_path, logger=False, enable_progress_bar=False, accelerator="cpu")
+    xml = engine.export(smoothing, ExportType.OPENVINO, export_root=tmp_path / "smoothing")
+    exported = OpenVinoDetector(xml, precision="f32").predict(image)
+    assert np.abs(exported.anomaly_map - smoothed.anomaly_map[0, 0].numpy()).max() <= 1e-3
+    assert abs(exported.score - smoothed.pred_score.item()) <= 1e-3

@@ -59,6 +59,30 @@ def test_native_mode_scores_at_the_images_size_and_exports_at_any_size(
         assert abs(result.score - expected.pred_score.item()) <= 1e-4
 
 
+def test_smoothed_native_maps_export_at_any_size(native: tuple[EfficientAdPlugin, Engine, MVTecAD, Path],
+                                                tmp_path: Path) -> None:
+    """The map smoothing's reflect padding follows the input's size in the dynamic-size graph too."""
+    model, engine, _, _ = native
+    smoothing = EfficientAdPlugin(teacher_weights="untrained", local_size="native", map_smoothing_sigma=4.0)
+    smoothing.load_state_dict(model.state_dict())  # the trained model, its quantiles and post-processor's ranges
+    smoothing.eval()
+    detector = OpenVinoDetector(engine.export(smoothing, ExportType.OPENVINO, export_root=tmp_path), precision="f32")
+    pixel_range = float(smoothing.post_processor.pixel_max - smoothing.post_processor.pixel_min)
+    rng = np.random.default_rng(1)
+    for size in INPUT_SIZES:
+        image = rng.random((*size, 3), dtype=np.float32)
+        pixels = torch.from_numpy(image).permute(2, 0, 1)[None]
+        with torch.no_grad():
+            expected, unsmoothed = smoothing(pixels), model(pixels)
+        assert expected.pred_score.item() == unsmoothed.pred_score.item()
+        assert float((expected.anomaly_map - unsmoothed.anomaly_map).abs().max()) > 1e-3
+        result = detector.predict(image)
+        assert result.anomaly_map.shape == size
+        error = np.abs(result.anomaly_map - expected.anomaly_map[0, 0].numpy()).max() * pixel_range
+        assert error <= 1e-4 * pixel_range, (size, error)
+        assert abs(result.score - expected.pred_score.item()) <= 1e-4
+
+
 def test_an_image_over_the_memory_budget_is_refused_by_name(
         native: tuple[EfficientAdPlugin, Engine, MVTecAD, Path]) -> None:
     model, engine, datamodule, _ = native
