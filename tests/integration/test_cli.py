@@ -69,23 +69,43 @@ def test_train_tests_and_visualises(trained: tuple[Path, AnomalibCLI]) -> None:
     assert (next(results.rglob("config.yaml"))).read_text().count("efficientad_plugin.EfficientAdPlugin") == 1
 
 
-def test_predict_on_a_folder(trained: tuple[Path, AnomalibCLI], synthetic_root: Path, tmp_path: Path) -> None:
-    results, _ = trained
+def _predict(results: Path, folder: Path, output: Path, *arguments: str) -> list:
     cli = AnomalibCLI([
         "predict",
         "--model", "efficientad_plugin.EfficientAdPlugin",
         "--model.teacher_weights", "untrained",  # the checkpoint's teacher replaces it
-        "--data", str(synthetic_root / "synthetic" / "test" / "defect"),
+        *arguments,
+        "--data", str(folder),
         "--ckpt_path", str(_checkpoint(results)),
-        "--default_root_dir", str(tmp_path),
+        "--default_root_dir", str(output),
         "--return_predictions", "true",
     ])
-    predictions = [item for batch in cli.engine.trainer.predict_loop.predictions for item in batch]
+    return [item for batch in cli.engine.trainer.predict_loop.predictions for item in batch]
+
+
+def test_predict_on_a_folder(trained: tuple[Path, AnomalibCLI], synthetic_root: Path, tmp_path: Path) -> None:
+    results, _ = trained
+    predictions = _predict(results, synthetic_root / "synthetic" / "test" / "defect", tmp_path)
     assert len(predictions) == 4
     for item in predictions:
         assert 0.0 <= float(item.pred_score) <= 1.0
         assert item.anomaly_map.shape[-2:] == (256, 256)
     assert len(list(tmp_path.rglob("*.png"))) == 4
+
+
+def test_a_trained_model_takes_a_map_smoothing_sigma_on_the_command_line(
+        trained: tuple[Path, AnomalibCLI], synthetic_root: Path, tmp_path: Path) -> None:
+    results, _ = trained
+    folder = synthetic_root / "synthetic" / "test" / "defect"
+    plain = _predict(results, folder, tmp_path / "plain")
+    smoothed = _predict(results, folder, tmp_path / "smoothed", "--model.map_smoothing_sigma", "4")
+
+    def roughness(anomaly_map: torch.Tensor) -> float:  # mean absolute difference of neighbouring pixels
+        return float(anomaly_map.diff(dim=-1).abs().mean() + anomaly_map.diff(dim=-2).abs().mean())
+
+    for before, after in zip(plain, smoothed, strict=True):
+        assert float(after.pred_score) == pytest.approx(float(before.pred_score), abs=1e-6)  # the score is unsmoothed
+        assert roughness(after.anomaly_map) < 0.9 * roughness(before.anomaly_map)  # already smooth: 4x upsampled
 
 
 def test_export_openvino_matches_torch(trained: tuple[Path, AnomalibCLI], synthetic_root: Path,
