@@ -36,7 +36,8 @@ def _engine(tmp_path: Path) -> Engine:
      ({"branch_weights": "mean"}, "branch_weights"), ({"local_size": "full"}, "local_size"),
      ({"local_size": (640, 200)}, "at least image_size"), ({"max_image_megapixels": 0}, "max_image_megapixels"),
      ({"autoencoder_start": 1.0}, "autoencoder_start"), ({"autoencoder_start": -0.1}, "autoencoder_start"),
-     ({"map_smoothing_sigma": -1.0}, "map_smoothing_sigma"), ({"map_smoothing_sigma": float("nan")}, "map_smoothing_sigma")],
+     ({"map_smoothing_sigma": -1.0}, "map_smoothing_sigma"),
+     ({"map_smoothing_sigma": float("nan")}, "map_smoothing_sigma")],
 )
 def test_bad_arguments_fail_at_construction(arguments: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):

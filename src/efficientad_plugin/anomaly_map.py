@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import torch
-from torch import nn
 from anomalib.models.components import GaussianBlur2d
+from torch import nn
 from torch.nn import functional as F  # noqa: N812
 
 QUANTILE_START = 0.9  # q_a, mapped to 0
