@@ -85,7 +85,8 @@ class FalseAlarmRatePostProcessor(PostProcessor):
             anomalib's F1-adaptive threshold when it has both kinds; ``"false_alarm_rate"`` or ``"f1"`` force one.
         keep_order: normalised scores beyond ``[1 - KNEE, KNEE]`` follow ``ordered_tails`` instead of anomalib's clamp
             to [0, 1], so parts far outside the normal range keep their order (labels unchanged); ``False`` is
-            anomalib's normalisation exactly. Stored in the checkpoint; one saved before this option takes the argument's.
+            anomalib's normalisation exactly. Stored in the checkpoint; one saved before this option takes the
+            argument's.
         **kwargs: anomalib ``PostProcessor`` arguments (normalisation, sensitivity...).
 
     After validation, ``threshold_report`` holds the mode used, the thresholds, the number of normal images and
