@@ -20,7 +20,7 @@ from torch.nn import functional as F  # noqa: N812
 from torch.utils.data import DataLoader
 from torchvision.transforms.v2 import Compose, Resize
 
-from .anomaly_map import MAP_PADDING, add_missing_branch_weights, check_smoothing_sigma
+from .anomaly_map import MAP_PADDING, add_missing_branch_weights
 from .augmentation import random_color_adjustment, random_crop
 from .autoencoder import check_image_size
 from .branches import (
@@ -170,7 +170,6 @@ class EfficientAdPlugin(AnomalibModule):
             msg = (f"autoencoder_start must be a share of max_steps in [0, 1), got {autoencoder_start}: the "
                    "autoencoder has to train for some steps. 0 trains it from the first step, as the paper does.")
             raise ValueError(msg)
-        check_smoothing_sigma(map_smoothing_sigma)
         if max_image_megapixels <= 0:
             msg = f"max_image_megapixels must be positive, got {max_image_megapixels}."
             raise ValueError(msg)
