@@ -43,6 +43,8 @@ blurs = {sigma: GaussianBlur2d(kernel_size=2 * int(4 * sigma + 0.5) + 1, sigma=s
          for sigma in args.sigmas if sigma > 0}
 with torch.no_grad():
     for batch in datamodule.test_dataloader():
+        # The 256-px model's pre-processor resizes image and mask as in anomalib's test loop; native mode's keeps them.
+        model.pre_processor.on_test_batch_start(None, model, batch, 0)
         anomaly_map = model.model(batch.image).anomaly_map
         for sigma, (auroc, aupro) in metrics.items():
             smoothed = blurs[sigma](anomaly_map) if sigma > 0 else anomaly_map
